@@ -1,0 +1,190 @@
+//! Validated identifiers shared by hub and spoke.
+//!
+//! Every name a client or a config file supplies (hub, spoke, workspace, profile, command and
+//! agent ids) is parsed here once into a newtype whose existence proves it is well formed. The
+//! rules are deliberately narrow (ASCII letters, digits, `.`, `_`, `-`) because these names end
+//! up inside Valkey keys, SPIFFE URIs, file names and log lines. Nothing here performs I/O.
+
+use std::fmt;
+
+/// Why a name was refused. `field` names what the caller sent, so the message can say which
+/// input to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("{field} is {len} characters long; at most {max} are allowed")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "{field} {value:?} has a character that is not allowed (use ASCII letters, digits, '.', '_' or '-', starting with a letter or digit)"
+    )]
+    BadCharacter { field: &'static str, value: String },
+}
+
+fn check(field: &'static str, value: &str, max: usize) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { field });
+    }
+    if value.len() > max {
+        return Err(IdError::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    let mut chars = value.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !first_ok || !rest_ok {
+        return Err(IdError::BadCharacter {
+            field,
+            value: value.chars().take(80).collect(),
+        });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The longest accepted value, in bytes.
+            pub const MAX_LEN: usize = $max;
+            /// What this id is called in error messages.
+            pub const FIELD: &'static str = $field;
+
+            /// Parses `value`, naming `field` in the error; use this where the value arrives
+            /// under another name (a proto field, a config key).
+            pub fn parse_field(field: &'static str, value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                check(field, &value, $max)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse_field($field, s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse_field($field, s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A hub's identity: in its certificate (`spiffe://<td>/hub/<id>`) and in every command it signs.
+    HubId, "hub_id", 64
+);
+id_type!(
+    /// A spoke's identity: in its certificate (`spiffe://<td>/spoke/<id>`), its Valkey keys and its receipts.
+    SpokeId, "spoke_id", 64
+);
+id_type!(
+    /// The workspace an agent belongs to; clients are confined to workspaces.
+    WorkspaceId, "workspace", 64
+);
+id_type!(
+    /// The name of an agent profile that a spoke's operator configured.
+    ProfileName, "profile", 64
+);
+id_type!(
+    /// A command's unique id; the spoke's replay defence is keyed on it.
+    CommandId, "command_id", 128
+);
+id_type!(
+    /// An agent's id, chosen by the spoke when it accepts a spawn.
+    AgentId, "agent_id", 64
+);
+
+impl CommandId {
+    /// A fresh, time-ordered command id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+impl AgentId {
+    /// A fresh, time-ordered agent id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for ok in ["a", "spoke-1", "hub.eu_west", "0abc", &"x".repeat(64)] {
+            assert!(SpokeId::parse_field("spoke_id", ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let err = WorkspaceId::parse_field("spawn.workspace", "").unwrap_err();
+        assert_eq!(err.to_string(), "spawn.workspace must not be empty");
+        let err = WorkspaceId::parse_field("spawn.workspace", "a/b").unwrap_err();
+        assert!(err.to_string().starts_with("spawn.workspace \"a/b\" has a character"));
+        let err = HubId::parse_field("hub_id", "h".repeat(65)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hub_id is 65 characters long; at most 64 are allowed"
+        );
+        assert!(HubId::parse_field("hub_id", "-lead").is_err());
+        assert!(HubId::parse_field("hub_id", "a{b}").is_err());
+    }
+
+    #[test]
+    fn generated_ids_parse() {
+        let c = CommandId::generate();
+        assert_eq!(CommandId::parse_field("x", c.as_str()).unwrap(), c);
+        let a = AgentId::generate();
+        assert_eq!(AgentId::parse_field("x", a.as_str()).unwrap(), a);
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_names_never_contain_key_or_uri_syntax(s in "\\PC{0,80}") {
+            if let Ok(id) = SpokeId::parse_field("spoke_id", s) {
+                let v = id.as_str();
+                let forbidden = ['{', '}', ':', '/', ' ', '\n', '*'];
+                prop_assert!(!v.contains(forbidden), "{:?}", v);
+                prop_assert!(v.len() <= SpokeId::MAX_LEN);
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Mosaic federation: what hub and spoke share.
+//!
+//! - [`pb`]: the generated protobuf types and gRPC stubs (`mosaic.federation.v1`); only the
+//!   edges of hub and spoke use them.
+//! - [`ids`]: validated identifiers (hub, spoke, workspace, profile, command, agent).
+//! - [`signing`]: ed25519 keys, key ids, domain-separated signatures over exact bytes.
+//! - [`tls`]: mutual TLS with SPIFFE-style URI SAN identities, and the client connector.
+//! - [`config`]: TOML + environment overrides into a binary's raw config struct.
+//! - [`telemetry`]: tracing setup.
+//! - [`time`]: wall-clock unix milliseconds.
+
+pub mod config;
+pub mod ids;
+pub mod signing;
+pub mod telemetry;
+pub mod time;
+pub mod tls;
+
+pub mod pb {
+    //! Generated code. Clippy's pedantry does not apply to it.
+    #![allow(clippy::all)]
+    pub mod federation {
+        pub mod v1 {
+            tonic::include_proto!("mosaic.federation.v1");
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! Mutual TLS and SPIFFE-style identities.
+//!
+//! Every process in a federation holds a certificate with exactly one URI SAN,
+//! `spiffe://<trust-domain>/hub/<id>` or `spiffe://<trust-domain>/spoke/<id>`. A chain that
+//! verifies to the configured CA is necessary but never sufficient: each side also checks that
+//! the peer's identity is the one it expects. Servers require a client certificate (tonic's
+//! `client_ca_root`), and read the caller's identity from `peer_certs()`; clients dial through
+//! [`connect`], whose verifier checks the chain and then the URI SAN instead of a DNS name.
+//!
+//! This module never decides *which* identities are trusted; callers pass what they expect.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tonic::transport::{Channel, Endpoint};
+
+/// Which side of the federation a certificate belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Hub,
+    Spoke,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Hub => "hub",
+            Role::Spoke => "spoke",
+        }
+    }
+}
+
+/// A parsed `spiffe://<trust-domain>/<role>/<id>` identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeId {
+    pub trust_domain: String,
+    pub role: Role,
+    pub id: String,
+}
+
+impl SpiffeId {
+    pub fn new(trust_domain: &str, role: Role, id: &str) -> Self {
+        SpiffeId {
+            trust_domain: trust_domain.to_owned(),
+            role,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Parses a URI; anything but exactly `spiffe://<td>/(hub|spoke)/<id>` is refused.
+    pub fn parse(uri: &str) -> Result<Self, IdentityError> {
+        let not = || IdentityError::NotSpiffe(uri.chars().take(200).collect());
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(not)?;
+        let mut parts = rest.split('/');
+        let (Some(td), Some(role), Some(id), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(not());
+        };
+        let role = match role {
+            "hub" => Role::Hub,
+            "spoke" => Role::Spoke,
+            _ => return Err(not()),
+        };
+        if td.is_empty() || id.is_empty() {
+            return Err(not());
+        }
+        Ok(SpiffeId::new(td, role, id))
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/{}/{}",
+            self.trust_domain,
+            self.role.as_str(),
+            self.id
+        )
+    }
+}
+
+/// Why a peer's certificate does not carry an acceptable identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("the peer certificate cannot be parsed")]
+    Unparseable,
+    #[error("the peer certificate has no URI SAN (expected spiffe://<trust-domain>/<role>/<id>)")]
+    NoUriSan,
+    #[error("the peer certificate has {0} URI SANs; exactly one is allowed")]
+    SeveralUriSans(usize),
+    #[error("the peer certificate's URI SAN {0:?} is not spiffe://<trust-domain>/hub|spoke/<id>")]
+    NotSpiffe(String),
+    #[error("the peer is {found}, expected {expected}")]
+    Unexpected { expected: String, found: SpiffeId },
+}
+
+/// The single SPIFFE identity in a DER certificate.
+pub fn identity_of(cert: &[u8]) -> Result<SpiffeId, IdentityError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|_| IdentityError::Unparseable)?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::Unparseable)?
+        .ok_or(IdentityError::NoUriSan)?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Err(IdentityError::NoUriSan),
+        [one] => SpiffeId::parse(one),
+        many => Err(IdentityError::SeveralUriSans(many.len())),
+    }
+}
+
+/// The identity of a connected peer from the certificates tonic reports, checked to be of
+/// `role` in `trust_domain`. Returns the peer's id within the role.
+pub fn peer_identity(
+    certs: Option<&[CertificateDer<'_>]>,
+    trust_domain: &str,
+    role: Role,
+) -> Result<SpiffeId, IdentityError> {
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or(IdentityError::NoCertificate)?;
+    let id = identity_of(leaf)?;
+    if id.trust_domain != trust_domain || id.role != role {
+        return Err(IdentityError::Unexpected {
+            expected: format!("spiffe://{trust_domain}/{}/<id>", role.as_str()),
+            found: id,
+        });
+    }
+    Ok(id)
+}
+
+/// Paths to a process's TLS material, as configured.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// PEM bundle of the CA certificates that peers must chain to.
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {path} holds no usable PEM {expect}")]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        expect: &'static str,
+    },
+    #[error("invalid TLS material: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Loaded TLS material: the PEM text (for tonic's server config) and the parsed forms (for the
+/// client connector).
+#[derive(Clone)]
+pub struct TlsMaterial {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    ca_pem: Vec<u8>,
+    chain: Vec<CertificateDer<'static>>,
+    /// Absent for a client that deliberately presents no certificate (tests of the server's refusal).
+    key: Option<Arc<PrivateKeyDer<'static>>>,
+    roots: Arc<RootCertStore>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl TlsMaterial {
+    pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
+        let cert_pem = read("certificate", &paths.cert)?;
+        let key_pem = read("private key", &paths.key)?;
+        let ca_pem = read("CA bundle", &paths.ca)?;
+        let empty = |what, path: &Path, expect| TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            expect,
+        };
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(|_| empty("certificate", &paths.cert, "certificates"))?;
+        if chain.is_empty() {
+            return Err(empty("certificate", &paths.cert, "certificates"));
+        }
+        let key = rustls_pemfile::private_key(&mut &key_pem[..])
+            .ok()
+            .flatten()
+            .ok_or_else(|| empty("private key", &paths.key, "private key"))?;
+        let mut roots = RootCertStore::empty();
+        for ca in rustls_pemfile::certs(&mut &ca_pem[..]) {
+            let ca = ca.map_err(|_| empty("CA bundle", &paths.ca, "certificates"))?;
+            roots.add(ca)?;
+        }
+        if roots.is_empty() {
+            return Err(empty("CA bundle", &paths.ca, "certificates"));
+        }
+        Ok(TlsMaterial {
+            cert_pem,
+            key_pem,
+            ca_pem,
+            chain,
+            key: Some(Arc::new(key)),
+            roots: Arc::new(roots),
+        })
+    }
+
+    /// The same CA trust, but no client certificate: only for exercising a server's refusal.
+    pub fn without_client_certificate(mut self) -> Self {
+        self.key = None;
+        self
+    }
+
+    /// The identity in this process's own certificate.
+    pub fn own_identity(&self) -> Result<SpiffeId, IdentityError> {
+        identity_of(&self.chain[0])
+    }
+
+    /// tonic server TLS: present our chain; require a client certificate chaining to the CA.
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
+    }
+
+    fn client_config(&self, expected: SpiffeId) -> Result<rustls::ClientConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(SpiffeServerVerifier {
+            roots: self.roots.clone(),
+            algorithms: provider.signature_verification_algorithms,
+            expected,
+        });
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match &self.key {
+            Some(key) => builder.with_client_auth_cert(self.chain.clone(), key.clone_key())?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// Verifies a server's chain against our roots, then requires its one URI SAN to be exactly
+/// the identity we dialled for. The DNS name we connected to plays no part.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    expected: SpiffeId,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let found = identity_of(end_entity).map_err(other)?;
+        if found != self.expected {
+            return Err(other(IdentityError::Unexpected {
+                expected: self.expected.to_string(),
+                found,
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn other(e: IdentityError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(e),
+    )))
+}
+
+/// Why dialling a peer failed. The message names the peer and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid address {address:?}: {reason}")]
+    Address { address: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot connect to {expected} at {address}: {reason}")]
+    Transport {
+        address: String,
+        expected: SpiffeId,
+        reason: String,
+    },
+}
+
+/// Options for an outgoing connection; every wait is bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct DialOptions {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for DialOptions {
+    fn default() -> Self {
+        DialOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Dials `address` (`host:port`) over mutual TLS and checks that the server is `expected`.
+pub async fn connect(
+    address: &str,
+    expected: SpiffeId,
+    material: &TlsMaterial,
+    options: DialOptions,
+) -> Result<Channel, ConnectError> {
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ConnectError::Address {
+            address: address.to_owned(),
+            reason: "expected host:port".into(),
+        })?;
+    let server_name =
+        ServerName::try_from(host.to_owned()).map_err(|e| ConnectError::Address {
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(material.client_config(expected.clone())?));
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| ConnectError::Address {
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.request_timeout)
+        .tcp_nodelay(true);
+    let target = address.to_owned();
+    let dial = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (connector, server_name, target) =
+            (connector.clone(), server_name.clone(), target.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    let connecting = endpoint.connect_with_connector(dial);
+    match tokio::time::timeout(options.connect_timeout, connecting).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(ConnectError::Transport {
+            address: address.to_owned(),
+            expected,
+            reason: error_chain(&e),
+        }),
+        Err(_) => Err(ConnectError::Transport {
+            address: address.to_owned(),
+            expected,
+            reason: format!("no answer within {:?}", options.connect_timeout),
+        }),
+    }
+}
+
+/// An error and its sources on one line, for messages that must say the real cause (tonic
+/// wraps the TLS failure several layers deep).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spiffe_ids_parse_strictly() {
+        let id = SpiffeId::parse("spiffe://mosaic.local/hub/main").unwrap();
+        assert_eq!(id, SpiffeId::new("mosaic.local", Role::Hub, "main"));
+        assert_eq!(id.to_string(), "spiffe://mosaic.local/hub/main");
+        for bad in [
+            "https://mosaic.local/hub/main",
+            "spiffe://mosaic.local/admin/main",
+            "spiffe://mosaic.local/hub/main/extra",
+            "spiffe://mosaic.local/hub/",
+            "spiffe:///hub/main",
+            "spiffe://mosaic.local/hub",
+        ] {
+            assert!(SpiffeId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn cert_with(sans: Vec<rcgen::SanType>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn uri(s: &str) -> rcgen::SanType {
+        rcgen::SanType::URI(s.try_into().unwrap())
+    }
+
+    #[test]
+    fn identity_requires_exactly_one_uri_san() {
+        let one = cert_with(vec![
+            uri("spiffe://td/spoke/a"),
+            rcgen::SanType::DnsName("localhost".try_into().unwrap()),
+        ]);
+        assert_eq!(
+            identity_of(&one).unwrap(),
+            SpiffeId::new("td", Role::Spoke, "a")
+        );
+        let none = cert_with(vec![rcgen::SanType::DnsName("x".try_into().unwrap())]);
+        assert_eq!(identity_of(&none), Err(IdentityError::NoUriSan));
+        let two = cert_with(vec![uri("spiffe://td/spoke/a"), uri("spiffe://td/hub/b")]);
+        assert_eq!(identity_of(&two), Err(IdentityError::SeveralUriSans(2)));
+    }
+
+    #[test]
+    fn peer_identity_checks_role_and_trust_domain() {
+        let hub = CertificateDer::from(cert_with(vec![uri("spiffe://td/hub/h1")]));
+        let certs = [hub];
+        assert_eq!(
+            peer_identity(Some(&certs), "td", Role::Hub).unwrap().id,
+            "h1"
+        );
+        let err = peer_identity(Some(&certs), "td", Role::Spoke).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the peer is spiffe://td/hub/h1, expected spiffe://td/spoke/<id>"
+        );
+        assert!(peer_identity(Some(&certs), "other", Role::Hub).is_err());
+        assert_eq!(
+            peer_identity(None, "td", Role::Hub),
+            Err(IdentityError::NoCertificate)
+        );
+    }
+}
