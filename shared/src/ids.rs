@@ -158,7 +158,10 @@ mod tests {
         let err = WorkspaceId::parse_field("spawn.workspace", "").unwrap_err();
         assert_eq!(err.to_string(), "spawn.workspace must not be empty");
         let err = WorkspaceId::parse_field("spawn.workspace", "a/b").unwrap_err();
-        assert!(err.to_string().starts_with("spawn.workspace \"a/b\" has a character"));
+        assert!(
+            err.to_string()
+                .starts_with("spawn.workspace \"a/b\" has a character")
+        );
         let err = HubId::parse_field("hub_id", "h".repeat(65)).unwrap_err();
         assert_eq!(
             err.to_string(),

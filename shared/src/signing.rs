@@ -99,7 +99,9 @@ pub struct KeyPair {
 
 impl fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyPair").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -253,7 +255,10 @@ mod tests {
         // Refuses to overwrite an existing key.
         assert!(matches!(kp.write(&sk, &pk), Err(KeyError::Write { .. })));
         let mode = std::fs::metadata(&sk).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 
     #[test]

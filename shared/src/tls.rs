@@ -397,11 +397,10 @@ pub async fn connect(
             address: address.to_owned(),
             reason: "expected host:port".into(),
         })?;
-    let server_name =
-        ServerName::try_from(host.to_owned()).map_err(|e| ConnectError::Address {
-            address: address.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let server_name = ServerName::try_from(host.to_owned()).map_err(|e| ConnectError::Address {
+        address: address.to_owned(),
+        reason: e.to_string(),
+    })?;
     let connector =
         tokio_rustls::TlsConnector::from(Arc::new(material.client_config(expected.clone())?));
     let endpoint = Endpoint::from_shared(format!("http://{address}"))

@@ -1,1 +1,91 @@
+//! Mosaic federation spoke: verifies signed commands from trusted hubs and runs agents.
+//!
+//! Layout, in the order a command travels:
+//! - [`grpc`]: the `Federation` service; one mapping from refusals to gRPC statuses.
+//! - [`verify`]: the verification chain (identity, key, signature, addressee, validity window).
+//! - [`command`]: the domain form of a command, validated field by field at the edge.
+//! - [`profile`]: resolves a spawn against the operator's profiles into a launch plan.
+//! - [`store`]: Valkey: replay records, agent records, lifecycle transition scripts, key names.
+//! - [`lifecycle`]: the agent state machine's table.
+//! - [`runner`]: supervised child processes, kill with grace, output tail.
+//! - [`config`]: `spoke.toml` into a typed [`config::SpokeConfig`].
 
+pub mod command;
+pub mod config;
+pub mod grpc;
+pub mod lifecycle;
+pub mod profile;
+pub mod runner;
+pub mod store;
+pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mosaic_shared::pb::federation::v1::federation_server::FederationServer;
+use tokio::net::TcpListener;
+
+use crate::config::SpokeConfig;
+
+/// Largest command a hub may send; spawns are small, so this is generous.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+}
+
+/// Serves the spoke on `listener` until `shutdown` resolves, then kills the agents it still
+/// supervises (SIGTERM, then SIGKILL after each profile's grace) and records them as killed.
+pub async fn run(
+    config: SpokeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let store = store::Store::connect(&config.valkey_url, &config.spoke_id).await?;
+    let supervisor = runner::Supervisor::new(store.clone());
+    let service = grpc::FederationService::new(config.clone(), store, supervisor.clone());
+    let max_grace = config
+        .profiles
+        .values()
+        .map(|p| p.kill_grace)
+        .max()
+        .unwrap_or_default();
+
+    tracing::info!(
+        spoke = %config.spoke_id,
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        profiles = config.profiles.len(),
+        "spoke serving"
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tls_config(config.tls.server_config())
+        .map_err(|e| RunError::Tls(e.to_string()))?
+        .timeout(Duration::from_secs(60))
+        .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .add_service(
+            FederationServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| RunError::Serve(mosaic_shared::tls::error_chain(&e)))?;
+
+    tracing::info!("spoke stopping; ending supervised agents");
+    supervisor
+        .shutdown("spoke shutting down", max_grace + Duration::from_secs(5))
+        .await;
+    Ok(())
+}

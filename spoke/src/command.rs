@@ -1,0 +1,230 @@
+//! Domain form of a verified command, converted from protobuf once at the edge.
+//!
+//! [`Action::try_from`] checks every client-supplied field for shape and size and names the
+//! field in its error; nothing past this module sees a prost type or an unchecked string. Whether
+//! a profile exists and where the working directory lands is `profile`'s business, because
+//! those depend on this spoke's configuration.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use mosaic_shared::ids::{AgentId, IdError, ProfileName, WorkspaceId};
+use mosaic_shared::pb::federation::v1 as pb;
+
+use crate::config::valid_env_name;
+
+/// Most arguments a spawn may pass.
+pub const MAX_ARGS: usize = 256;
+/// Longest single argument or environment value, in bytes.
+pub const MAX_ARG_BYTES: usize = 16 * 1024;
+/// Most environment entries a spawn may pass.
+pub const MAX_ENV: usize = 64;
+/// Longest working-directory path, in bytes.
+pub const MAX_WORKDIR_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Spawn(SpawnRequest),
+    Status(AgentId),
+    Kill(AgentId),
+}
+
+impl Action {
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Action::Spawn(_) => "spawn",
+            Action::Status(_) => "status",
+            Action::Kill(_) => "kill",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnRequest {
+    pub profile: ProfileName,
+    pub workspace: WorkspaceId,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Relative, with no `..` or root component; joined to the profile's root later.
+    pub workdir: PathBuf,
+}
+
+/// A field that failed validation: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FieldError(pub String);
+
+impl From<IdError> for FieldError {
+    fn from(e: IdError) -> Self {
+        FieldError(e.to_string())
+    }
+}
+
+impl TryFrom<Option<pb::command::Action>> for Action {
+    type Error = FieldError;
+
+    fn try_from(action: Option<pb::command::Action>) -> Result<Self, FieldError> {
+        match action {
+            None => Err(FieldError(
+                "command.action is missing (expected spawn, status or kill)".into(),
+            )),
+            Some(pb::command::Action::Status(s)) => Ok(Action::Status(AgentId::parse_field(
+                "status.agent_id",
+                s.agent_id,
+            )?)),
+            Some(pb::command::Action::Kill(k)) => Ok(Action::Kill(AgentId::parse_field(
+                "kill.agent_id",
+                k.agent_id,
+            )?)),
+            Some(pb::command::Action::Spawn(s)) => Ok(Action::Spawn(SpawnRequest::try_from(s)?)),
+        }
+    }
+}
+
+impl TryFrom<pb::Spawn> for SpawnRequest {
+    type Error = FieldError;
+
+    fn try_from(s: pb::Spawn) -> Result<Self, FieldError> {
+        let profile = ProfileName::parse_field("spawn.profile", s.profile)?;
+        let workspace = WorkspaceId::parse_field("spawn.workspace", s.workspace)?;
+        if s.args.len() > MAX_ARGS {
+            return Err(FieldError(format!(
+                "spawn.args has {} entries; at most {MAX_ARGS} are allowed",
+                s.args.len()
+            )));
+        }
+        if let Some(i) = s.args.iter().position(|a| a.len() > MAX_ARG_BYTES) {
+            return Err(FieldError(format!(
+                "spawn.args[{i}] is {} bytes; at most {MAX_ARG_BYTES} are allowed",
+                s.args[i].len()
+            )));
+        }
+        if let Some(i) = s.args.iter().position(|a| a.contains('\0')) {
+            return Err(FieldError(format!("spawn.args[{i}] contains a NUL byte")));
+        }
+        if s.env.len() > MAX_ENV {
+            return Err(FieldError(format!(
+                "spawn.env has {} entries; at most {MAX_ENV} are allowed",
+                s.env.len()
+            )));
+        }
+        let mut env = BTreeMap::new();
+        for (name, value) in s.env {
+            if !valid_env_name(&name) {
+                return Err(FieldError(format!(
+                    "spawn.env: {:?} is not an environment variable name",
+                    name.chars().take(80).collect::<String>()
+                )));
+            }
+            if value.len() > MAX_ARG_BYTES || value.contains('\0') {
+                return Err(FieldError(format!(
+                    "spawn.env[{name}] must be at most {MAX_ARG_BYTES} bytes without NUL"
+                )));
+            }
+            env.insert(name, value);
+        }
+        let workdir = relative_workdir(&s.workdir)?;
+        Ok(SpawnRequest {
+            profile,
+            workspace,
+            args: s.args,
+            env,
+            workdir,
+        })
+    }
+}
+
+/// A working directory must be relative and may not climb: `a/b` is fine, `/etc`, `../x` and
+/// `a/../../x` are refused before anything touches the file system.
+fn relative_workdir(raw: &str) -> Result<PathBuf, FieldError> {
+    if raw.len() > MAX_WORKDIR_BYTES || raw.contains('\0') {
+        return Err(FieldError(format!(
+            "spawn.workdir must be at most {MAX_WORKDIR_BYTES} bytes without NUL"
+        )));
+    }
+    let path = Path::new(raw);
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(FieldError(format!(
+                    "spawn.workdir {raw:?} is outside the profile's working-directory root (give a relative path without '..')"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawn() -> pb::Spawn {
+        pb::Spawn {
+            profile: "echo".into(),
+            workspace: "ws".into(),
+            args: vec!["a".into()],
+            env: [("FOO".to_string(), "bar".to_string())].into(),
+            workdir: "jobs/1".into(),
+        }
+    }
+
+    #[test]
+    fn a_good_spawn_converts() {
+        let r = SpawnRequest::try_from(spawn()).unwrap();
+        assert_eq!(r.workdir, PathBuf::from("jobs/1"));
+        assert_eq!(r.profile.as_str(), "echo");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases: Vec<(Box<dyn Fn(&mut pb::Spawn)>, &str)> = vec![
+            (Box::new(|s| s.profile = String::new()), "spawn.profile"),
+            (Box::new(|s| s.workspace = "a b".into()), "spawn.workspace"),
+            (
+                Box::new(|s| s.args = vec!["x".into(); MAX_ARGS + 1]),
+                "spawn.args",
+            ),
+            (
+                Box::new(|s| s.args = vec!["x".repeat(MAX_ARG_BYTES + 1)]),
+                "spawn.args[0]",
+            ),
+            (
+                Box::new(|s| {
+                    s.env.insert("BAD-NAME".into(), "v".into());
+                }),
+                "spawn.env",
+            ),
+            (Box::new(|s| s.workdir = "/etc".into()), "spawn.workdir"),
+            (Box::new(|s| s.workdir = "../x".into()), "spawn.workdir"),
+            (
+                Box::new(|s| s.workdir = "a/../../x".into()),
+                "spawn.workdir",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut s = spawn();
+            mutate(&mut s);
+            let err = SpawnRequest::try_from(s).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_action_and_bad_agent_ids_are_refused() {
+        assert!(
+            Action::try_from(None)
+                .unwrap_err()
+                .0
+                .contains("command.action")
+        );
+        let err = Action::try_from(Some(pb::command::Action::Kill(pb::Kill {
+            agent_id: "../x".into(),
+        })))
+        .unwrap_err();
+        assert!(err.0.starts_with("kill.agent_id"), "{err}");
+    }
+}

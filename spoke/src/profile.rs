@@ -1,0 +1,176 @@
+//! Resolves a spawn request against the operator's agent profiles into a [`LaunchPlan`].
+//!
+//! The hub chooses a profile by name and passes arguments, environment values and a working
+//! directory; this module decides whether this spoke allows them. It never runs anything: the
+//! plan it returns is all `runner` may start. It reads the file system (to see where an
+//! existing directory really points) but never writes to it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mosaic_shared::ids::ProfileName;
+
+use crate::command::SpawnRequest;
+use crate::config::Profile;
+
+/// Exactly what the runner will start: the program, its full argument list, its whole
+/// environment, and where.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    pub profile: Arc<Profile>,
+    /// The profile's fixed arguments followed by the request's.
+    pub args: Vec<String>,
+    /// The complete environment of the agent (the process's own is cleared).
+    pub env: Vec<(String, String)>,
+    /// Inside the profile's root; created by the runner if missing.
+    pub workdir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("profile {name} is not configured on this spoke (configured: {offered})")]
+    UnknownProfile { name: ProfileName, offered: String },
+    #[error("spawn.env: {name} is not allowed by profile {profile} (allowed: {allowed})")]
+    EnvNotAllowed {
+        name: String,
+        profile: ProfileName,
+        allowed: String,
+    },
+    #[error("spawn.workdir {workdir} resolves outside the profile's working-directory root")]
+    WorkdirEscapes { workdir: String },
+}
+
+impl PlanError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanError::UnknownProfile { .. } => "unknown_profile",
+            PlanError::EnvNotAllowed { .. } => "env_not_allowed",
+            PlanError::WorkdirEscapes { .. } => "workdir_outside_root",
+        }
+    }
+}
+
+pub fn plan(
+    profiles: &BTreeMap<ProfileName, Arc<Profile>>,
+    req: &SpawnRequest,
+) -> Result<LaunchPlan, PlanError> {
+    let profile = profiles
+        .get(&req.profile)
+        .ok_or_else(|| PlanError::UnknownProfile {
+            name: req.profile.clone(),
+            offered: list(profiles.keys().map(|k| k.as_str())),
+        })?;
+    if let Some(name) = req
+        .env
+        .keys()
+        .find(|n| !profile.allowed_env.iter().any(|a| a == *n))
+    {
+        return Err(PlanError::EnvNotAllowed {
+            name: name.clone(),
+            profile: profile.name.clone(),
+            allowed: list(profile.allowed_env.iter().map(String::as_str)),
+        });
+    }
+    let workdir = profile.workdir_root.join(&req.workdir);
+    if !stays_inside(&profile.workdir_root, &workdir) {
+        return Err(PlanError::WorkdirEscapes {
+            workdir: req.workdir.display().to_string(),
+        });
+    }
+    let mut args = profile.args.clone();
+    args.extend(req.args.iter().cloned());
+    Ok(LaunchPlan {
+        profile: profile.clone(),
+        args,
+        env: req
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        workdir,
+    })
+}
+
+/// Whether `path` (lexically inside `root`, which is canonical) still lies inside `root` once
+/// symbolic links along its existing part are followed.
+fn stays_inside(root: &Path, path: &Path) -> bool {
+    let mut existing = path;
+    loop {
+        match existing.canonicalize() {
+            Ok(real) => return real.starts_with(root),
+            Err(_) => match existing.parent() {
+                Some(parent) => existing = parent,
+                None => return false,
+            },
+        }
+    }
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = items.collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn setup() -> (tempfile::TempDir, BTreeMap<ProfileName, Arc<Profile>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("escape")).unwrap();
+        let name: ProfileName = "echo".parse().unwrap();
+        let p = Profile {
+            name: name.clone(),
+            program: "/bin/echo".into(),
+            args: vec!["fixed".into()],
+            allowed_env: vec!["FOO".into()],
+            workdir_root: root,
+            kill_grace: Duration::from_secs(1),
+        };
+        (dir, [(name, Arc::new(p))].into())
+    }
+
+    fn req(workdir: &str) -> SpawnRequest {
+        SpawnRequest {
+            profile: "echo".parse().unwrap(),
+            workspace: "ws".parse().unwrap(),
+            args: vec!["x".into()],
+            env: [("FOO".to_string(), "1".to_string())].into(),
+            workdir: workdir.into(),
+        }
+    }
+
+    #[test]
+    fn plans_fixed_args_first_inside_the_root() {
+        let (_d, profiles) = setup();
+        let p = plan(&profiles, &req("a/b")).unwrap();
+        assert_eq!(p.args, vec!["fixed", "x"]);
+        assert!(p.workdir.ends_with("root/a/b"));
+    }
+
+    #[test]
+    fn refusals() {
+        let (_d, profiles) = setup();
+        let mut r = req("");
+        r.profile = "nope".parse().unwrap();
+        assert_eq!(plan(&profiles, &r).unwrap_err().reason(), "unknown_profile");
+        let mut r = req("");
+        r.env.insert("PATH".into(), "/x".into());
+        let err = plan(&profiles, &r).unwrap_err();
+        assert_eq!(err.reason(), "env_not_allowed");
+        assert!(err.to_string().contains("PATH"), "{err}");
+        assert_eq!(
+            plan(&profiles, &req("escape/sub")).unwrap_err().reason(),
+            "workdir_outside_root"
+        );
+    }
+}

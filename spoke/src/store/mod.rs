@@ -1,0 +1,415 @@
+//! The spoke's durable state in Valkey: replay records, agent records, lifecycle events.
+//!
+//! Every agent state change is one Lua script that checks the current state against the
+//! lifecycle table, updates the record and appends the event together, so no reader ever sees a
+//! state without its event or an invalid transition. Scripts are invoked by SHA and reloaded
+//! transparently after `NOSCRIPT` (a restarted Valkey). Key names come only from [`keys`].
+//! This module never starts processes and never decides policy.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mosaic_shared::ids::{AgentId, CommandId, ProfileName, SpokeId, WorkspaceId};
+use mosaic_shared::pb::federation::v1 as pb;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands as _, Script};
+
+use crate::lifecycle::AgentState;
+use keys::Keys;
+
+/// Approximate cap on the lifecycle event stream until the events issue gives it a policy.
+const EVENTS_MAXLEN: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("valkey at {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("valkey: {0}")]
+    Valkey(#[from] redis::RedisError),
+    #[error("agent {0} does not exist")]
+    NoSuchAgent(AgentId),
+    #[error("agent record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// What the replay store knew about a command id when we tried to claim it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Never seen: it is ours to execute.
+    New,
+    /// Another request with this id is executing right now.
+    InFlight,
+    /// Executed before: the encoded signed receipt to return again.
+    Done(Vec<u8>),
+}
+
+/// The outcome of a transition script.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transitioned {
+    Applied {
+        from: AgentState,
+    },
+    /// The lifecycle table forbids leaving `current` for the requested state; nothing changed.
+    Refused {
+        current: AgentState,
+    },
+}
+
+/// An agent as recorded in Valkey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub agent_id: AgentId,
+    pub profile: ProfileName,
+    pub workspace: WorkspaceId,
+    pub command_id: CommandId,
+    pub state: AgentState,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: String,
+    pub pid: Option<u32>,
+    pub output_tail: String,
+}
+
+impl AgentRecord {
+    fn from_hash(key: &str, mut h: HashMap<String, String>) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason,
+        };
+        let mut take = |f: &str| h.remove(f).ok_or_else(|| corrupt(format!("missing {f}")));
+        fn num<T: std::str::FromStr>(v: Option<String>, f: &str) -> Result<Option<T>, String> {
+            v.filter(|s| !s.is_empty())
+                .map(|s| s.parse::<T>().map_err(|_| format!("{f} is not a number")))
+                .transpose()
+        }
+        let agent_id = take("agent_id")?;
+        let profile = take("profile")?;
+        let workspace = take("workspace")?;
+        let command_id = take("command_id")?;
+        let state = take("state")?;
+        let created = take("created_at_ms")?;
+        Ok(AgentRecord {
+            agent_id: agent_id.parse().map_err(|e| corrupt(format!("{e}")))?,
+            profile: profile.parse().map_err(|e| corrupt(format!("{e}")))?,
+            workspace: workspace.parse().map_err(|e| corrupt(format!("{e}")))?,
+            command_id: command_id.parse().map_err(|e| corrupt(format!("{e}")))?,
+            state: state.parse().map_err(corrupt)?,
+            created_at_ms: created
+                .parse()
+                .map_err(|_| corrupt("created_at_ms is not a number".into()))?,
+            started_at_ms: num(h.remove("started_at_ms"), "started_at_ms").map_err(corrupt)?,
+            finished_at_ms: num(h.remove("finished_at_ms"), "finished_at_ms").map_err(corrupt)?,
+            exit_code: num(h.remove("exit_code"), "exit_code").map_err(corrupt)?,
+            signal: num(h.remove("signal"), "signal").map_err(corrupt)?,
+            pid: num(h.remove("pid"), "pid").map_err(corrupt)?,
+            error: h.remove("error").unwrap_or_default(),
+            output_tail: h.remove("output_tail").unwrap_or_default(),
+        })
+    }
+
+    pub fn to_pb(&self) -> pb::AgentStatus {
+        pb::AgentStatus {
+            agent_id: self.agent_id.to_string(),
+            profile: self.profile.to_string(),
+            workspace: self.workspace.to_string(),
+            state: pb::AgentState::from(self.state).into(),
+            created_at_ms: self.created_at_ms,
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            error: self.error.clone(),
+            pid: self.pid,
+            command_id: self.command_id.to_string(),
+            output_tail: self.output_tail.clone(),
+        }
+    }
+}
+
+/// A requested change of state with the fields recorded alongside it.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub to: AgentState,
+    pub at_ms: i64,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Transition {
+    /// spawning → running: the process exists.
+    pub fn running(at_ms: i64, pid: u32) -> Self {
+        Transition {
+            to: AgentState::Running,
+            at_ms,
+            fields: vec![
+                ("started_at_ms", at_ms.to_string()),
+                ("pid", pid.to_string()),
+            ],
+        }
+    }
+
+    /// Into a terminal state, with how the process ended (if it ever ran).
+    pub fn finished(
+        to: AgentState,
+        at_ms: i64,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        error: &str,
+        output_tail: &str,
+    ) -> Self {
+        debug_assert!(to.is_terminal());
+        let mut fields = vec![("finished_at_ms", at_ms.to_string())];
+        if let Some(c) = exit_code {
+            fields.push(("exit_code", c.to_string()));
+        }
+        if let Some(s) = signal {
+            fields.push(("signal", s.to_string()));
+        }
+        fields.push(("error", error.to_owned()));
+        fields.push(("output_tail", output_tail.to_owned()));
+        Transition { to, at_ms, fields }
+    }
+}
+
+const CREATE_AGENT: &str = r"
+-- KEYS: agent hash, agents index, events stream
+-- ARGV: agent id, created_at_ms, workspace, events maxlen, then field/value pairs
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('EXISTS agent ' .. ARGV[1] .. ' already exists')
+end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'state', 'spawning', unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+  'kind', 'agent.lifecycle', 'agent_id', ARGV[1], 'workspace', ARGV[3],
+  'from', '', 'to', 'spawning', 'at_ms', ARGV[2])
+return 1
+";
+
+const TRANSITION: &str = r"
+-- KEYS: agent hash, events stream
+-- ARGV: agent id, target state, allowed source states (space separated), at_ms,
+--       events maxlen, then field/value pairs
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+local allowed = false
+for s in string.gmatch(ARGV[3], '%S+') do
+  if s == current then allowed = true end
+end
+if not allowed then return {0, current} end
+local fields = {'state', ARGV[2]}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+  'kind', 'agent.lifecycle', 'agent_id', ARGV[1],
+  'workspace', redis.call('HGET', KEYS[1], 'workspace'),
+  'from', current, 'to', ARGV[2], 'at_ms', ARGV[4])
+return {1, current}
+";
+
+const RELEASE_COMMAND: &str = r"
+-- KEYS: command record. Deletes it only while it is still the in-flight marker.
+if redis.call('GET', KEYS[1]) == '' then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Handle to the spoke's Valkey. Cheap to clone: the connection is multiplexed and reconnects
+/// by itself.
+#[derive(Clone)]
+pub struct Store {
+    con: ConnectionManager,
+    keys: Keys,
+    create_agent: Script,
+    transition: Script,
+    release_command: Script,
+}
+
+impl Store {
+    /// Connects and checks that Valkey answers, failing with a message that names the URL.
+    pub async fn connect(url: &str, spoke: &SpokeId) -> Result<Self, StoreError> {
+        let unreachable = |reason: String| StoreError::Unreachable {
+            url: redact(url),
+            reason,
+        };
+        let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(3);
+        let mut con = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Store {
+            con,
+            keys: Keys::new(spoke),
+            create_agent: Script::new(CREATE_AGENT),
+            transition: Script::new(TRANSITION),
+            release_command: Script::new(RELEASE_COMMAND),
+        })
+    }
+
+    /// Atomically claims `id` for execution (`SET NX GET`), or reports what happened to it.
+    pub async fn claim_command(&self, id: &CommandId, ttl: Duration) -> Result<Claim, StoreError> {
+        let mut con = self.con.clone();
+        let previous: Option<Vec<u8>> = redis::cmd("SET")
+            .arg(self.keys.command(id))
+            .arg("")
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut con)
+            .await?;
+        Ok(match previous {
+            None => Claim::New,
+            Some(v) if v.is_empty() => Claim::InFlight,
+            Some(v) => Claim::Done(v),
+        })
+    }
+
+    /// Records the signed receipt of a claimed command, keeping the claim's TTL.
+    pub async fn save_receipt(&self, id: &CommandId, receipt: &[u8]) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(self.keys.command(id))
+            .arg(receipt)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives up a claim whose command was refused before it did anything, so the id is free.
+    pub async fn release_command(&self, id: &CommandId) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _: i64 = self
+            .release_command
+            .key(self.keys.command(id))
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a new agent in `spawning`, indexes it and appends its first event.
+    pub async fn create_agent(&self, rec: &AgentRecord) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let mut inv = self.create_agent.prepare_invoke();
+        inv.key(self.keys.agent(&rec.agent_id))
+            .key(self.keys.agents())
+            .key(self.keys.events())
+            .arg(rec.agent_id.as_str())
+            .arg(rec.created_at_ms)
+            .arg(rec.workspace.as_str())
+            .arg(EVENTS_MAXLEN);
+        for (f, v) in [
+            ("agent_id", rec.agent_id.as_str()),
+            ("profile", rec.profile.as_str()),
+            ("workspace", rec.workspace.as_str()),
+            ("command_id", rec.command_id.as_str()),
+        ] {
+            inv.arg(f).arg(v);
+        }
+        inv.arg("created_at_ms").arg(rec.created_at_ms);
+        let _: i64 = inv.invoke_async(&mut con).await?;
+        Ok(())
+    }
+
+    /// Applies `t` if the lifecycle table allows it from the agent's current state.
+    pub async fn transition(
+        &self,
+        agent: &AgentId,
+        t: &Transition,
+    ) -> Result<Transitioned, StoreError> {
+        let mut con = self.con.clone();
+        let allowed: Vec<&str> = t.to.may_enter_from().iter().map(|s| s.as_str()).collect();
+        let mut inv = self.transition.prepare_invoke();
+        inv.key(self.keys.agent(agent))
+            .key(self.keys.events())
+            .arg(agent.as_str())
+            .arg(t.to.as_str())
+            .arg(allowed.join(" "))
+            .arg(t.at_ms)
+            .arg(EVENTS_MAXLEN);
+        for (f, v) in &t.fields {
+            inv.arg(*f).arg(v);
+        }
+        let (code, state): (i64, String) = inv.invoke_async(&mut con).await?;
+        let parse = |s: &str| {
+            s.parse::<AgentState>()
+                .map_err(|reason| StoreError::Corrupt {
+                    key: self.keys.agent(agent),
+                    reason,
+                })
+        };
+        match code {
+            1 => Ok(Transitioned::Applied {
+                from: parse(&state)?,
+            }),
+            0 => Ok(Transitioned::Refused {
+                current: parse(&state)?,
+            }),
+            _ => Err(StoreError::NoSuchAgent(agent.clone())),
+        }
+    }
+
+    pub async fn agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let key = self.keys.agent(id);
+        let h: HashMap<String, String> = con.hgetall(&key).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        AgentRecord::from_hash(&key, h).map(Some)
+    }
+
+    /// Lifecycle events recorded for `agent`, oldest first, as `(from, to)` pairs. Reads the
+    /// whole bounded stream; meant for tests and diagnostics until the events issue adds cursors.
+    pub async fn lifecycle_events(
+        &self,
+        agent: &AgentId,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut con = self.con.clone();
+        let reply: redis::streams::StreamRangeReply = con.xrange_all(self.keys.events()).await?;
+        let field = |id: &redis::streams::StreamId, f: &str| -> String {
+            id.get::<String>(f).unwrap_or_default()
+        };
+        Ok(reply
+            .ids
+            .iter()
+            .filter(|e| field(e, "agent_id") == agent.as_str())
+            .map(|e| (field(e, "from"), field(e, "to")))
+            .collect())
+    }
+}
+
+/// A Valkey URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:pw@h:6379"), "redis://***@h:6379");
+        assert_eq!(redact("unix:///tmp/v.sock"), "unix:///tmp/v.sock");
+    }
+}
