@@ -181,7 +181,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let cases: Vec<(Box<dyn Fn(&mut pb::Spawn)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut pb::Spawn)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.profile = String::new()), "spawn.profile"),
             (Box::new(|s| s.workspace = "a b".into()), "spawn.workspace"),
             (

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use mosaic_shared::pb::federation::v1::federation_server::FederationServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 
 use crate::config::SpokeConfig;
 
@@ -65,7 +66,13 @@ pub async fn run(
         profiles = config.profiles.len(),
         "spoke serving"
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small request/response messages: without TCP_NODELAY every round trip waits on delayed
+    // ACKs. tonic's own nodelay option only covers listeners it binds itself.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    });
     tonic::transport::Server::builder()
         .tls_config(config.tls.server_config())
         .map_err(|e| RunError::Tls(e.to_string()))?

