@@ -428,7 +428,7 @@ pub async fn connect(
         Ok(Err(e)) => Err(ConnectError::Transport {
             address: address.to_owned(),
             expected,
-            reason: error_chain(&e),
+            reason: identity_failure(&e).unwrap_or_else(|| error_chain(&e)),
         }),
         Err(_) => Err(ConnectError::Transport {
             address: address.to_owned(),
@@ -436,6 +436,29 @@ pub async fn connect(
             reason: format!("no answer within {:?}", options.connect_timeout),
         }),
     }
+}
+
+/// The identity check that failed the handshake, if that is what happened: rustls would
+/// otherwise show it in its Debug form deep inside the transport error.
+fn identity_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        // io::Error::source() skips the error it wraps, so look inside it explicitly.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) =
+                candidate.downcast_ref::<rustls::Error>()
+                && let Some(identity) = o.0.downcast_ref::<IdentityError>()
+            {
+                return Some(format!("wrong server identity: {identity}"));
+            }
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// An error and its sources on one line, for messages that must say the real cause (tonic

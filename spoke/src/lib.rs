@@ -31,6 +31,8 @@ use crate::config::SpokeConfig;
 
 /// Largest command a hub may send; spawns are small, so this is generous.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// How long open connections may take to finish once shutdown has begun.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -73,7 +75,8 @@ pub async fn run(
             let _ = c.set_nodelay(true);
         })
     });
-    tonic::transport::Server::builder()
+    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .tls_config(config.tls.server_config())
         .map_err(|e| RunError::Tls(e.to_string()))?
         .timeout(Duration::from_secs(60))
@@ -86,13 +89,38 @@ pub async fn run(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| RunError::Serve(mosaic_shared::tls::error_chain(&e)))?;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
+    let mut server = tokio::spawn(server);
+    let serve_error =
+        |e: tonic::transport::Error| RunError::Serve(mosaic_shared::tls::error_chain(&e));
+    tokio::select! {
+        ended = &mut server => {
+            // The server stopped without being asked: report why, after ending the agents.
+            supervisor.shutdown("spoke server failed", max_grace + Duration::from_secs(5)).await;
+            return match ended {
+                Ok(result) => result.map_err(serve_error),
+                Err(e) => Err(RunError::Serve(e.to_string())),
+            };
+        }
+        () = shutdown => {}
+    }
 
+    // Stop accepting, end the agents, then give open connections a bounded time to drain:
+    // tonic's graceful shutdown otherwise waits for every client to hang up.
     tracing::info!("spoke stopping; ending supervised agents");
+    let _ = stop_serving.send(());
     supervisor
         .shutdown("spoke shutting down", max_grace + Duration::from_secs(5))
         .await;
-    Ok(())
+    match tokio::time::timeout(SHUTDOWN_DRAIN, &mut server).await {
+        Ok(Ok(result)) => result.map_err(serve_error),
+        Ok(Err(e)) => Err(RunError::Serve(e.to_string())),
+        Err(_) => {
+            tracing::info!(drain = ?SHUTDOWN_DRAIN, "connections still open after drain; closing them");
+            server.abort();
+            Ok(())
+        }
+    }
 }

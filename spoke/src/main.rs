@@ -35,7 +35,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let env = Env::from_process();
-    mosaic_shared::telemetry::init(&env, "info");
+    // tonic reports refused TLS handshakes (no or untrusted client certificate) only at debug
+    // level; an operator needs to see them.
+    mosaic_shared::telemetry::init(&env, "info,tonic::transport::server::io_stream=debug");
     match cli.command {
         Command::Serve { config } => {
             let config = mosaic_spoke::config::SpokeConfig::load(&config, &env)?;

@@ -1,1 +1,547 @@
+//! Test harness: real federations on one machine.
+//!
+//! `Federation::builder().spoke("a").start()` makes a fresh temp dir, a development PKI (one
+//! CA, certificates for the hubs and spokes), signing keys, a fresh `valkey-server` on a unix
+//! socket without persistence, and one real `mosaic-spoke` process per spoke (its own process
+//! group, logs kept in the temp dir), then loads a hub config that addresses them. Everything is
+//! killed when the federation is dropped. The binaries come from the same target directory as
+//! this test (`cargo build --workspace --bins` first; `deploy/test.sh` does).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use mosaic_hub::certs::{self, PkiPlan};
+use mosaic_hub::config::HubConfig;
+use mosaic_hub::dev::{Valkey, find_valkey_server};
+use mosaic_hub::spokes::SpokeClient;
+use mosaic_shared::config::Env;
+use mosaic_shared::ids::{CommandId, SpokeId};
+use mosaic_shared::pb::federation::v1 as pb;
+use mosaic_shared::pb::federation::v1::federation_client::FederationClient;
+use mosaic_shared::signing::{Domain, KeyPair};
+use mosaic_shared::tls::{self, DialOptions, Role, SpiffeId, TlsMaterial, TlsPaths};
+use prost::Message as _;
+use tonic::transport::Channel;
+
+pub const TRUST_DOMAIN: &str = "test.local";
+/// The hub every spoke trusts; `other-hub` is trusted too, with its own key.
+pub const HUB: &str = "hub";
+pub const OTHER_HUB: &str = "other-hub";
+
+/// Path of a binary built from this workspace.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/it-<hash> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// An agent profile as written into spoke.toml.
+#[derive(Clone, Debug)]
+pub struct ProfileSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub allowed_env: Vec<String>,
+    pub kill_grace_ms: u64,
+}
+
+/// Profiles every test spoke offers: `echo`, `true`, and `sh` (a shell: the hub passes the
+/// script after `-c`), with a 1 s kill grace.
+pub fn default_profiles() -> BTreeMap<String, ProfileSpec> {
+    let p = |program: &str, args: &[&str]| ProfileSpec {
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        allowed_env: vec!["GREETING".into()],
+        kill_grace_ms: 1000,
+    };
+    [
+        ("echo".to_string(), p("/bin/echo", &[])),
+        ("true".to_string(), p("/bin/true", &[])),
+        ("sh".to_string(), p("/bin/sh", &["-c"])),
+    ]
+    .into()
+}
+
+pub struct FederationBuilder {
+    spokes: Vec<String>,
+    profiles: BTreeMap<String, ProfileSpec>,
+}
+
+impl FederationBuilder {
+    pub fn spoke(mut self, id: &str) -> Self {
+        self.spokes.push(id.to_owned());
+        self
+    }
+
+    pub fn profile(mut self, name: &str, spec: ProfileSpec) -> Self {
+        self.profiles.insert(name.to_owned(), spec);
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<Federation> {
+        let dir = tempfile::Builder::new().prefix("mosaic-it-").tempdir()?;
+        let root = dir.path().to_owned();
+        let env = Env::from_process();
+        let valkey_bin = find_valkey_server(&env)?;
+        let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &[]).await?;
+
+        certs::init(
+            &root.join("pki"),
+            &PkiPlan {
+                trust_domain: TRUST_DOMAIN.into(),
+                hubs: vec![HUB.parse()?, OTHER_HUB.parse()?],
+                spokes: self
+                    .spokes
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()?,
+                valid_days: 2,
+            },
+        )?;
+        std::fs::create_dir_all(root.join("keys"))?;
+        for name in [HUB, OTHER_HUB]
+            .into_iter()
+            .chain(self.spokes.iter().map(String::as_str))
+        {
+            KeyPair::generate().write(
+                &root.join(format!("keys/{name}.pem")),
+                &root.join(format!("keys/{name}.pub.pem")),
+            )?;
+        }
+
+        let mut spokes = BTreeMap::new();
+        for id in &self.spokes {
+            let config = root.join(format!("{id}.toml"));
+            std::fs::write(
+                &config,
+                spoke_toml(id, &root, &valkey.url(), &self.profiles),
+            )?;
+            let process = SpokeProcess::start(id, &config, &root)?;
+            spokes.insert(id.clone(), process);
+        }
+        for p in spokes.values_mut() {
+            p.wait_ready()?;
+        }
+        let hub_path = root.join("hub.toml");
+        std::fs::write(&hub_path, hub_toml(HUB, &spokes))?;
+        let hub = HubConfig::load(&hub_path, &Env::default())?;
+        Ok(Federation {
+            dir,
+            valkey: Some(valkey),
+            hub,
+            hub_path,
+            spokes,
+        })
+    }
+}
+
+pub struct Federation {
+    dir: tempfile::TempDir,
+    valkey: Option<Valkey>,
+    pub hub: HubConfig,
+    pub hub_path: PathBuf,
+    spokes: BTreeMap<String, SpokeProcess>,
+}
+
+impl Federation {
+    pub fn builder() -> FederationBuilder {
+        FederationBuilder {
+            spokes: Vec::new(),
+            profiles: default_profiles(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn valkey_url(&self) -> String {
+        self.valkey.as_ref().expect("valkey running").url()
+    }
+
+    pub fn spoke_addr(&self, id: &str) -> SocketAddr {
+        self.spokes[id].addr.expect("spoke ready")
+    }
+
+    /// The spoke's log so far, for assertions and failure messages.
+    pub fn spoke_log(&self, id: &str) -> String {
+        std::fs::read_to_string(&self.spokes[id].log).unwrap_or_default()
+    }
+
+    /// The root of a profile's working directories on a spoke.
+    pub fn workdir_root(&self, spoke: &str, profile: &str) -> PathBuf {
+        self.dir().join("work").join(spoke).join(profile)
+    }
+
+    /// A hub client for `spoke`, dialled with the hub's real config.
+    pub async fn client(&self, spoke: &str) -> anyhow::Result<SpokeClient> {
+        Ok(SpokeClient::connect(&self.hub, &spoke.parse()?).await?)
+    }
+
+    /// TLS material of a hub identity from this federation's PKI.
+    pub fn hub_tls(&self, hub: &str) -> TlsMaterial {
+        TlsMaterial::load(&TlsPaths {
+            cert: self
+                .dir()
+                .join("pki")
+                .join(certs::cert_file(Role::Hub, hub)),
+            key: self.dir().join("pki").join(certs::key_file(Role::Hub, hub)),
+            ca: self.dir().join("pki").join(certs::CA_CERT),
+        })
+        .expect("hub TLS material")
+    }
+
+    /// A hub signing key of this federation (`hub`, `other-hub`) or any key file stem.
+    pub fn key(&self, name: &str) -> KeyPair {
+        KeyPair::load(&self.dir().join(format!("keys/{name}.pem"))).expect("key")
+    }
+
+    /// A raw federation client for `spoke` using `tls` (any identity, any CA, or none).
+    pub async fn raw_client(
+        &self,
+        spoke: &str,
+        tls: &TlsMaterial,
+    ) -> Result<FederationClient<Channel>, tls::ConnectError> {
+        let channel = tls::connect(
+            &self.spoke_addr(spoke).to_string(),
+            SpiffeId::new(TRUST_DOMAIN, Role::Spoke, spoke),
+            tls,
+            DialOptions::default(),
+        )
+        .await?;
+        Ok(FederationClient::new(channel))
+    }
+
+    /// Kills the spoke process with SIGKILL (no chance to clean up).
+    pub fn kill_spoke(&mut self, id: &str) {
+        if let Some(p) = self.spokes.get_mut(id) {
+            p.kill_hard();
+        }
+    }
+
+    /// How many agents the spoke has ever recorded (its agents index in Valkey).
+    pub async fn agent_count(&self, spoke: &str) -> u64 {
+        let keys = mosaic_spoke::store::keys::Keys::new(&spoke_id(spoke));
+        let client = redis::Client::open(self.valkey_url()).expect("valkey url");
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("valkey connection");
+        redis::cmd("ZCARD")
+            .arg(keys.agents())
+            .query_async(&mut con)
+            .await
+            .expect("ZCARD")
+    }
+
+    /// Stops the spoke as an operator would (SIGTERM) and waits for it to exit.
+    pub fn kill_spoke_gracefully(&mut self, id: &str) {
+        if let Some(p) = self.spokes.get_mut(id) {
+            p.stop();
+        }
+    }
+
+    /// Stops Valkey now.
+    pub async fn stop_valkey(&mut self) {
+        if let Some(v) = self.valkey.take() {
+            v.kill().await;
+        }
+    }
+}
+
+/// A command built field by field, for tests that forge or bend the protocol.
+#[derive(Clone, Debug)]
+pub struct RawCommand {
+    pub command: pb::Command,
+}
+
+impl RawCommand {
+    /// A well-formed command from `hub` to `spoke`, valid for a minute from now.
+    pub fn new(hub: &str, spoke: &str, key: &KeyPair, action: pb::command::Action) -> Self {
+        let now = mosaic_shared::time::unix_ms();
+        RawCommand {
+            command: pb::Command {
+                command_id: CommandId::generate().to_string(),
+                hub_id: hub.into(),
+                spoke_id: spoke.into(),
+                key_id: key.id().to_string(),
+                issued_at_ms: now,
+                expires_at_ms: now + 60_000,
+                action: Some(action),
+            },
+        }
+    }
+
+    /// Encodes and signs with `key`, naming `key` in the envelope.
+    pub fn seal(&self, key: &KeyPair) -> pb::SignedCommand {
+        let bytes = self.command.encode_to_vec();
+        pb::SignedCommand {
+            signature: key.sign(Domain::Command, &bytes),
+            command: bytes,
+            key_id: key.id().to_string(),
+        }
+    }
+}
+
+pub fn spawn_action(profile: &str, args: &[&str]) -> pb::command::Action {
+    pb::command::Action::Spawn(pb::Spawn {
+        profile: profile.into(),
+        workspace: "ws-test".into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        workdir: String::new(),
+    })
+}
+
+pub fn status_action(agent: &str) -> pb::command::Action {
+    pb::command::Action::Status(pb::Status {
+        agent_id: agent.into(),
+    })
+}
+
+pub fn kill_action(agent: &str) -> pb::command::Action {
+    pb::command::Action::Kill(pb::Kill {
+        agent_id: agent.into(),
+    })
+}
+
+/// Polls status until `done` holds for the agent's state, or fails after `within`.
+pub async fn wait_for(
+    hub: &HubConfig,
+    client: &SpokeClient,
+    agent: &str,
+    within: Duration,
+    done: impl Fn(pb::AgentState) -> bool,
+) -> anyhow::Result<pb::AgentStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = client.execute(&hub.signer, status_action(agent)).await?;
+        if done(r.agent.state()) {
+            return Ok(r.agent);
+        }
+        if Instant::now() > deadline {
+            bail!("agent {agent} still {:?} after {within:?}", r.agent.state());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn terminal(s: pb::AgentState) -> bool {
+    mosaic_hub::cli::is_terminal(s)
+}
+
+/// The `x-mosaic-reason` a spoke attached to a refusal.
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("x-mosaic-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Whether a process with this pid exists and is not a zombie. Orphans of a killed agent are
+/// re-parented to PID 1, which in some sandboxes never reaps them; a zombie runs nothing.
+pub fn alive(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // /proc/<pid>/stat: "pid (comm) S ..." where S is the state; comm may contain spaces.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether the process is gone within `within` (signals are delivered asynchronously).
+pub async fn gone_within(pid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+struct SpokeProcess {
+    child: Child,
+    log: PathBuf,
+    addr: Option<SocketAddr>,
+}
+
+impl SpokeProcess {
+    fn start(id: &str, config: &Path, root: &Path) -> anyhow::Result<Self> {
+        let log = root.join(format!("{id}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(binary("mosaic-spoke"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("MOSAIC_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .context("cannot start mosaic-spoke")?;
+        Ok(SpokeProcess {
+            child,
+            log,
+            addr: None,
+        })
+    }
+
+    /// Waits for the "spoke serving" log line and takes the bound address from it.
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if v["fields"]["message"] == "spoke serving" {
+                    let addr = v["fields"]["addr"].as_str().unwrap_or_default();
+                    self.addr = Some(addr.parse().with_context(|| format!("addr {addr:?}"))?);
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("mosaic-spoke exited with {status} before it was ready:\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("mosaic-spoke not ready after 20 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SpokeProcess {
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM first so the spoke ends its agents; SIGKILL if it lingers.
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.kill_hard();
+        }
+    }
+}
+
+impl Drop for SpokeProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn q(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn spoke_toml(
+    id: &str,
+    root: &Path,
+    valkey_url: &str,
+    profiles: &BTreeMap<String, ProfileSpec>,
+) -> String {
+    let path = |p: PathBuf| q(&p.display().to_string());
+    let pki = root.join("pki");
+    let mut s = format!(
+        "spoke_id = {id}\ntrust_domain = {td}\nlisten = \"127.0.0.1:0\"\nvalkey_url = {valkey}\n\
+         receipt_key = {rk}\nclock_skew_ms = 5000\nmax_command_validity_ms = 600000\n\n\
+         [tls]\ncert = {cert}\nkey = {key}\nca = {ca}\n\n\
+         [[trusted_hubs]]\nhub_id = {hub}\nkeys = [{hub_key}]\n\n\
+         [[trusted_hubs]]\nhub_id = {other}\nkeys = [{other_key}]\n",
+        id = q(id),
+        td = q(TRUST_DOMAIN),
+        valkey = q(valkey_url),
+        rk = path(root.join(format!("keys/{id}.pem"))),
+        cert = path(pki.join(certs::cert_file(Role::Spoke, id))),
+        key = path(pki.join(certs::key_file(Role::Spoke, id))),
+        ca = path(pki.join(certs::CA_CERT)),
+        hub = q(HUB),
+        hub_key = path(root.join(format!("keys/{HUB}.pub.pem"))),
+        other = q(OTHER_HUB),
+        other_key = path(root.join(format!("keys/{OTHER_HUB}.pub.pem"))),
+    );
+    for (name, p) in profiles {
+        s.push_str(&format!(
+            "\n[profiles.{name}]\nprogram = {}\nargs = {:?}\nallowed_env = {:?}\nworkdir_root = {}\nkill_grace_ms = {}\n",
+            q(&p.program),
+            p.args,
+            p.allowed_env,
+            path(root.join("work").join(id).join(name)),
+            p.kill_grace_ms
+        ));
+    }
+    s
+}
+
+fn hub_toml(hub: &str, spokes: &BTreeMap<String, SpokeProcess>) -> String {
+    let mut s = format!(
+        "hub_id = {h}\ntrust_domain = {td}\nsigning_key = \"keys/{hub}.pem\"\n\n[tls]\n\
+         cert = \"pki/{cert}\"\nkey = \"pki/{key}\"\nca = \"pki/{ca}\"\n",
+        h = q(hub),
+        td = q(TRUST_DOMAIN),
+        cert = certs::cert_file(Role::Hub, hub),
+        key = certs::key_file(Role::Hub, hub),
+        ca = certs::CA_CERT,
+    );
+    for (id, p) in spokes {
+        s.push_str(&format!(
+            "\n[[spokes]]\nid = {}\naddress = \"{}\"\nreceipt_key = \"keys/{id}.pub.pem\"\n",
+            q(id),
+            p.addr.expect("spoke ready")
+        ));
+    }
+    s
+}
+
+/// Runs a `mosaic-hub` CLI verb against this federation; returns (exit code, stdout, stderr).
+pub fn hub_cli(fed: &Federation, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("mosaic-hub"))
+        .arg("--config")
+        .arg(&fed.hub_path)
+        .args(args)
+        .env("MOSAIC_LOG", "warn")
+        .output()
+        .expect("run mosaic-hub");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The spoke id as a typed id.
+pub fn spoke_id(id: &str) -> SpokeId {
+    id.parse().expect("spoke id")
+}

@@ -1,1 +1,6 @@
+//! Integration tests: real valkey-server, real `mosaic-spoke` processes, real mTLS with
+//! certificates made per test, real child processes as agents. One module per area.
 
+mod agents;
+mod cli;
+mod hostile;

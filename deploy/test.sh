@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test suite: unit tests and integration tests against real valkey-server, mosaic-spoke and
+# mosaic-hub processes. Installs a valkey-server first if this machine has none. Extra arguments
+# go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MOSAIC_VALKEY_SERVER="$(deploy/ensure-valkey.sh)"
+export MOSAIC_VALKEY_SERVER
+# The integration tests run the binaries from the target directory; build them first.
+cargo build --workspace --bins
+cargo test --workspace "$@"

@@ -1,0 +1,337 @@
+//! Agents run, fail, and are killed as real processes; their lifecycle is read back from the
+//! spoke through signed status commands and checked against the spoke's Valkey.
+
+use std::time::{Duration, Instant};
+
+use mosaic_shared::pb::federation::v1 as pb;
+use mosaic_spoke::store::Store;
+use mosaic_tests::*;
+
+async fn lifecycle(fed: &Federation, spoke: &str, agent: &str) -> Vec<(String, String)> {
+    let store = Store::connect(&fed.valkey_url(), &spoke_id(spoke))
+        .await
+        .unwrap();
+    store
+        .lifecycle_events(&agent.parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn pair(from: &str, to: &str) -> (String, String) {
+    (from.to_owned(), to.to_owned())
+}
+
+#[tokio::test]
+async fn spawn_runs_to_completed_with_output_and_events() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    let r = a
+        .execute(&fed.hub.signer, spawn_action("echo", &["hello", "world"]))
+        .await
+        .unwrap();
+    assert_eq!(r.agent.state(), pb::AgentState::Spawning);
+    assert_eq!(r.agent.profile, "echo");
+    assert_eq!(r.agent.workspace, "ws-test");
+    assert_eq!(r.agent.command_id, r.command_id.to_string());
+
+    let done = wait_for(
+        &fed.hub,
+        &a,
+        &r.agent.agent_id,
+        Duration::from_secs(10),
+        terminal,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state(), pb::AgentState::Completed, "{done:?}");
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(done.signal, None);
+    assert_eq!(done.error, "");
+    assert_eq!(done.output_tail, "hello world\n");
+    let (created, started, finished) = (
+        done.created_at_ms,
+        done.started_at_ms.unwrap(),
+        done.finished_at_ms.unwrap(),
+    );
+    assert!(created <= started && started <= finished, "{done:?}");
+    assert!(done.pid.is_some());
+
+    assert_eq!(
+        lifecycle(&fed, "a", &done.agent_id).await,
+        vec![
+            pair("", "spawning"),
+            pair("spawning", "running"),
+            pair("running", "completed")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn agent_gets_only_allowed_env_and_its_workdir() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    let spawn = pb::command::Action::Spawn(pb::Spawn {
+        profile: "sh".into(),
+        workspace: "ws-test".into(),
+        args: vec!["pwd; env | sort".into()],
+        env: [("GREETING".to_string(), "hi there".to_string())].into(),
+        workdir: "jobs/42".into(),
+    });
+    let r = a.execute(&fed.hub.signer, spawn).await.unwrap();
+    let done = wait_for(
+        &fed.hub,
+        &a,
+        &r.agent.agent_id,
+        Duration::from_secs(10),
+        terminal,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state(), pb::AgentState::Completed, "{done:?}");
+    let mut lines = done.output_tail.lines();
+    let cwd = lines.next().unwrap();
+    let root = fed.workdir_root("a", "sh").canonicalize().unwrap();
+    assert_eq!(std::path::Path::new(cwd), root.join("jobs/42"));
+    let env: Vec<&str> = lines.collect();
+    assert!(env.contains(&"GREETING=hi there"), "{env:?}");
+    // The spoke's own environment (PATH, MOSAIC_LOG, …) must not leak into the agent; sh
+    // itself adds only PWD (and possibly SHLVL/_/OLDPWD).
+    for line in &env {
+        let name = line.split('=').next().unwrap();
+        assert!(
+            ["GREETING", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+            "unexpected variable in agent env: {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failing_program_ends_failed_with_its_exit_code() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    let r = a
+        .execute(
+            &fed.hub.signer,
+            spawn_action("sh", &["echo oops >&2; exit 7"]),
+        )
+        .await
+        .unwrap();
+    let done = wait_for(
+        &fed.hub,
+        &a,
+        &r.agent.agent_id,
+        Duration::from_secs(10),
+        terminal,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state(), pb::AgentState::Failed);
+    assert_eq!(done.exit_code, Some(7));
+    assert_eq!(done.error, "exited with code 7");
+    assert_eq!(done.output_tail, "oops\n");
+    assert_eq!(
+        lifecycle(&fed, "a", &done.agent_id).await,
+        vec![
+            pair("", "spawning"),
+            pair("spawning", "running"),
+            pair("running", "failed")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_program_that_cannot_start_fails_from_spawning() {
+    let fed = Federation::builder()
+        .spoke("a")
+        .profile(
+            "missing",
+            ProfileSpec {
+                program: "/nonexistent/agent".into(),
+                args: vec![],
+                allowed_env: vec![],
+                kill_grace_ms: 100,
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    let a = fed.client("a").await.unwrap();
+    let r = a
+        .execute(&fed.hub.signer, spawn_action("missing", &[]))
+        .await
+        .unwrap();
+    let done = wait_for(
+        &fed.hub,
+        &a,
+        &r.agent.agent_id,
+        Duration::from_secs(10),
+        terminal,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state(), pb::AgentState::Failed);
+    assert!(
+        done.error.starts_with("cannot start /nonexistent/agent"),
+        "{}",
+        done.error
+    );
+    assert_eq!(done.started_at_ms, None);
+    assert_eq!(
+        lifecycle(&fed, "a", &done.agent_id).await,
+        vec![pair("", "spawning"), pair("spawning", "failed")]
+    );
+}
+
+/// Reads whitespace-separated pids from a file the agent writes, waiting for it to appear.
+async fn read_pids(path: &std::path::Path, count: usize) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let pids: Vec<i32> = text
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if pids.len() >= count {
+                return pids;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never listed {count} pids",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_ends_the_agent_and_its_children() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    // Two grandchildren in the agent's process group, their pids written down for us.
+    let script = "sleep 300 & echo $! >> pids; sleep 300 & echo $! >> pids; wait";
+    let r = a
+        .execute(&fed.hub.signer, spawn_action("sh", &[script]))
+        .await
+        .unwrap();
+    let id = r.agent.agent_id.clone();
+    let children = read_pids(&fed.workdir_root("a", "sh").join("pids"), 2).await;
+    let running = wait_for(&fed.hub, &a, &id, Duration::from_secs(5), |s| {
+        s == pb::AgentState::Running
+    })
+    .await
+    .unwrap();
+    let leader = running.pid.unwrap() as i32;
+    assert!(alive(leader) && children.iter().all(|&p| alive(p)));
+
+    let started = Instant::now();
+    let killed = a.execute(&fed.hub.signer, kill_action(&id)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(killed.agent.state(), pb::AgentState::Killed, "{killed:?}");
+    assert_eq!(killed.agent.signal, Some(15), "sh dies of SIGTERM");
+    assert!(
+        killed.agent.error.starts_with("killed by hub hub"),
+        "{}",
+        killed.agent.error
+    );
+    // Well within the 1 s grace: SIGTERM was enough.
+    assert!(took < Duration::from_secs(1), "kill took {took:?}");
+    assert!(!alive(leader), "agent process {leader} survived");
+    for p in children {
+        assert!(
+            gone_within(p, Duration::from_secs(2)).await,
+            "child {p} of the killed agent survived"
+        );
+    }
+    assert_eq!(
+        lifecycle(&fed, "a", &id).await,
+        vec![
+            pair("", "spawning"),
+            pair("spawning", "running"),
+            pair("running", "killed")
+        ]
+    );
+
+    // Killing again is harmless and reports the same end.
+    let again = a.execute(&fed.hub.signer, kill_action(&id)).await.unwrap();
+    assert_eq!(again.agent.state(), pb::AgentState::Killed);
+    assert_eq!(again.agent.finished_at_ms, killed.agent.finished_at_ms);
+}
+
+#[tokio::test]
+async fn an_agent_ignoring_sigterm_is_sigkilled_after_the_grace() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    let script = "trap '' TERM; echo $$ > pids; while :; do sleep 0.05; done";
+    let r = a
+        .execute(&fed.hub.signer, spawn_action("sh", &[script]))
+        .await
+        .unwrap();
+    let pid = read_pids(&fed.workdir_root("a", "sh").join("pids"), 1).await[0];
+    let started = Instant::now();
+    let killed = a
+        .execute(&fed.hub.signer, kill_action(&r.agent.agent_id))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(killed.agent.state(), pb::AgentState::Killed);
+    assert_eq!(killed.agent.signal, Some(9), "{killed:?}");
+    // The profile's grace is 1 s: SIGKILL must come after it, and promptly.
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(4),
+        "kill took {took:?}"
+    );
+    assert!(gone_within(pid, Duration::from_secs(2)).await);
+}
+
+#[tokio::test]
+async fn status_of_an_unknown_agent_is_not_found() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    let err = a
+        .execute(&fed.hub.signer, status_action(&id))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("agent {id} not found")) && text.contains("NotFound"),
+        "{text}"
+    );
+    let err = a
+        .execute(&fed.hub.signer, kill_action(&id))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+}
+
+#[tokio::test]
+async fn stopping_a_spoke_kills_its_agents() {
+    let mut fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    let r = a
+        .execute(
+            &fed.hub.signer,
+            spawn_action("sh", &["echo $$ > pids; sleep 300"]),
+        )
+        .await
+        .unwrap();
+    let pid = read_pids(&fed.workdir_root("a", "sh").join("pids"), 1).await[0];
+    assert!(alive(pid));
+    // Graceful stop: SIGTERM to the spoke, which ends its agents before it exits.
+    fed.kill_spoke_gracefully("a");
+    assert!(
+        gone_within(pid, Duration::from_secs(2)).await,
+        "agent {pid} outlived its spoke"
+    );
+    let store = Store::connect(&fed.valkey_url(), &spoke_id("a"))
+        .await
+        .unwrap();
+    let rec = store
+        .agent(&r.agent.agent_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.state.as_str(), "killed");
+    assert_eq!(rec.error, "spoke shutting down");
+}

@@ -1,0 +1,227 @@
+//! The `mosaic-hub` and `mosaic-spoke` binaries as users run them: output, exit codes, errors.
+
+use mosaic_tests::*;
+
+#[tokio::test]
+async fn spawn_wait_status_and_kill_through_the_cli() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+
+    let (code, out, err) = hub_cli(
+        &fed,
+        &[
+            "spawn",
+            "--spoke",
+            "a",
+            "--profile",
+            "echo",
+            "--workspace",
+            "ws1",
+            "--wait",
+            "--",
+            "hi",
+            "there",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state      completed"), "{out}");
+    assert!(out.contains("exit code  0"), "{out}");
+    assert!(out.contains("output     hi there"), "{out}");
+
+    let (code, out, err) = hub_cli(
+        &fed,
+        &[
+            "--output",
+            "json",
+            "spawn",
+            "--spoke",
+            "a",
+            "--profile",
+            "sh",
+            "--workspace",
+            "ws1",
+            "--wait",
+            "--",
+            "exit 3",
+        ],
+    );
+    assert_eq!(code, 3, "a failed agent under --wait exits 3: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["spoke"], "a");
+    assert!(v["round_trip_ms"].as_f64().unwrap() > 0.0);
+
+    let (code, out, _) = hub_cli(
+        &fed,
+        &[
+            "-o",
+            "json",
+            "spawn",
+            "--spoke",
+            "a",
+            "--profile",
+            "sh",
+            "--workspace",
+            "ws1",
+            "--",
+            "sleep 300",
+        ],
+    );
+    assert_eq!(code, 0);
+    let agent = serde_json::from_str::<serde_json::Value>(&out).unwrap()["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, out, err) = hub_cli(&fed, &["kill", "--spoke", "a", &agent]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state      killed"), "{out}");
+    let (code, out, _) = hub_cli(&fed, &["-o", "json", "status", "--spoke", "a", &agent]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["state"],
+        "killed"
+    );
+
+    let missing = uuid::Uuid::now_v7().to_string();
+    let (code, _, err) = hub_cli(&fed, &["status", "--spoke", "a", &missing]);
+    assert_eq!(code, 4, "an unknown agent exits 4");
+    assert!(err.contains(&format!("agent {missing} not found")), "{err}");
+
+    let (code, _, err) = hub_cli(&fed, &["status", "--spoke", "zz", &missing]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("spoke zz is not in the hub's config (configured: a)"),
+        "{err}"
+    );
+
+    let (code, _, err) = hub_cli(
+        &fed,
+        &[
+            "spawn",
+            "--spoke",
+            "a",
+            "--profile",
+            "echo",
+            "--workspace",
+            "no/slash",
+        ],
+    );
+    assert_eq!(code, 2, "bad input is a usage error: {err}");
+    assert!(err.contains("workspace"), "{err}");
+}
+
+#[tokio::test]
+async fn spokes_lists_reachable_and_unreachable_spokes() {
+    let mut fed = Federation::builder()
+        .spoke("a")
+        .spoke("b")
+        .start()
+        .await
+        .unwrap();
+    fed.kill_spoke("b");
+    let (code, out, err) = hub_cli(&fed, &["spokes"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("SPOKE  ADDRESS"), "{out}");
+    assert!(
+        lines[1].starts_with("a ")
+            && lines[1].contains(" yes ")
+            && lines[1].ends_with("echo,sh,true"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("b ") && lines[2].contains(" no "),
+        "{out}"
+    );
+
+    let (_, out, _) = hub_cli(&fed, &["-o", "json", "spokes"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["spokes"][0]["reachable"], true);
+    assert_eq!(v["spokes"][1]["reachable"], false);
+    assert!(
+        v["spokes"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect to spiffe://test.local/spoke/b")
+    );
+}
+
+#[test]
+fn a_spoke_with_a_bad_config_says_which_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("spoke.toml");
+    std::fs::write(&cfg, "spoke_id = \"a\"\nspoke_idd = \"b\"\n").unwrap();
+    let out = std::process::Command::new(binary("mosaic-spoke"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field `spoke_idd`") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn keygen_and_certs_init_write_usable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary("mosaic-hub"))
+        .args(["-o", "json", "keygen", "--out"])
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = mosaic_shared::signing::KeyPair::load(&dir.path().join("k.pem")).unwrap();
+    assert_eq!(v["key_id"], key.id().to_string());
+
+    let out = std::process::Command::new(binary("mosaic-hub"))
+        .args(["certs", "init", "--out"])
+        .arg(dir.path().join("pki"))
+        .args(["--hub", "h", "--spoke", "s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "hub-h.crt",
+        "hub-h.key",
+        "spoke-s.crt",
+        "spoke-s.key",
+    ] {
+        assert!(dir.path().join("pki").join(f).is_file(), "{f}");
+    }
+    // Running it again never overwrites.
+    let out = std::process::Command::new(binary("mosaic-hub"))
+        .args(["certs", "init", "--out"])
+        .arg(dir.path().join("pki"))
+        .args(["--hub", "h"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ca.crt"));
+}
+
+#[test]
+fn the_quickstart_demo_runs() {
+    let out = std::process::Command::new(binary("mosaic-hub"))
+        .args(["dev", "--exit-after-demo"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("state      completed"), "{stdout}");
+    assert!(stdout.contains("output     hello from spoke-a"), "{stdout}");
+    assert!(stdout.contains("state      killed"), "{stdout}");
+}
