@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MOSAIC_VALKEY_SERVER="$(deploy/ensure-valkey.sh)"
 export MOSAIC_VALKEY_SERVER
-exec cargo run --release --quiet -p mosaic-hub -- dev "$@"
+exec cargo run --quiet -p mosaic-hub -- dev "$@"

@@ -129,7 +129,9 @@ pub struct SpawnArgs {
     /// Environment variable for the agent, NAME=VALUE (repeatable; the profile must allow NAME).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Reuse a command id to retry safely: the spoke runs a command id at most once.
+    /// Reuse a command id to retry safely: while the spoke remembers the id (until the first
+    /// command's validity window has passed), a repeat returns the original receipt and runs
+    /// nothing.
     #[arg(long)]
     pub command_id: Option<CommandId>,
     /// Wait until the agent ends and show its final state.
@@ -191,6 +193,10 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
         }),
         Command::Keygen { out } => {
             let (private, public) = (with_ext(&out, "pem"), with_ext(&out, "pub.pem"));
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
             let key = KeyPair::generate();
             key.write(&private, &public)?;
             emit(

@@ -10,7 +10,7 @@ use mosaic_shared::ids::{HubId, SpokeId};
 use mosaic_shared::signing::{KeyPair, PublicKey};
 
 use crate::sign::Signer;
-use mosaic_shared::tls::{TlsMaterial, TlsPaths};
+use mosaic_shared::tls::{Role, SpiffeId, TlsMaterial, TlsPaths};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +97,17 @@ impl HubConfig {
             ca: config::resolve(base, &raw.tls.ca),
         })
         .map_err(|e| invalid("tls", e.to_string()))?;
+        let expected = SpiffeId::new(&raw.trust_domain, Role::Hub, raw.hub_id.as_str());
+        match tls.own_identity() {
+            Ok(id) if id == expected => {}
+            Ok(id) => {
+                return Err(invalid(
+                    "tls.cert",
+                    format!("the certificate names {id}, but this hub is {expected}"),
+                ));
+            }
+            Err(e) => return Err(invalid("tls.cert", e.to_string())),
+        }
         let mut spokes: Vec<SpokeEntry> = Vec::new();
         for (i, s) in raw.spokes.into_iter().enumerate() {
             if spokes.iter().any(|e| e.id == s.id) {

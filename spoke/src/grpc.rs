@@ -1,9 +1,11 @@
 //! The spoke's `mosaic.federation.v1.Federation` service.
 //!
 //! `Execute` runs the verification chain (`verify`), then the replay defence (`store`), then the
-//! command: spawn (`profile` → `store` → `runner`), status, or kill. Every refusal becomes a
-//! [`tonic::Status`] here, in one mapping, with a stable reason code in the `x-mosaic-reason`
-//! metadata; internal errors are logged and answered without their details.
+//! command: spawn (`profile` → `store` → `runner`), status, or kill. A command runs in its own
+//! task, so a caller that hangs up or times out cannot cancel it between its claim and its
+//! receipt; a retry then finds the receipt. Every refusal becomes a [`tonic::Status`] here, in
+//! one mapping, with a stable reason code in the `x-mosaic-reason` metadata; internal errors are
+//! logged and answered with fixed text.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +15,13 @@ use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::{Domain, KeyPair};
 use mosaic_shared::time::unix_ms;
 use prost::Message as _;
-use tonic::{Request, Response, Status};
+use rustls::pki_types::CertificateDer;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::command::Action;
 use crate::config::SpokeConfig;
+use crate::lifecycle::AgentState;
 use crate::profile::{self, PlanError};
 use crate::runner::{KillOutcome, Supervisor};
 use crate::store::{AgentRecord, Claim, Store, StoreError};
@@ -24,6 +29,10 @@ use crate::verify::{VerifiedCommand, Verifier, VerifyError};
 
 /// Metadata key carrying the machine-readable reason of a refusal.
 pub const REASON_KEY: &str = "x-mosaic-reason";
+
+/// Longest a kill waits for its agent to end before answering with the state at that moment
+/// (the kill itself carries on). Below the hub's default request timeout of 30 s.
+const KILL_ANSWER_WITHIN: Duration = Duration::from_secs(25);
 
 /// Everything that can stop a command, mapped to a status in [`Refusal::into_status`].
 #[derive(Debug, thiserror::Error)]
@@ -40,35 +49,53 @@ enum Refusal {
     NotSupervised(AgentId),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("command task failed: {0}")]
+    Task(String),
 }
 
 impl Refusal {
     fn into_status(self) -> Status {
-        use tonic::Code;
         let (code, reason) = match &self {
             Refusal::Verify(e) => (e.code(), e.reason()),
             Refusal::Plan(e) => (Code::InvalidArgument, e.reason()),
             Refusal::NoSuchAgent(_) => (Code::NotFound, "agent_not_found"),
             Refusal::InFlight(_) => (Code::Aborted, "command_in_flight"),
             Refusal::NotSupervised(_) => (Code::FailedPrecondition, "agent_not_supervised"),
+            // Internal failures: logged in full, answered with fixed text.
             Refusal::Store(e) => {
                 tracing::error!(error = %e, "state store failure");
-                let mut s =
-                    Status::unavailable("the spoke's state store is unavailable; retry later");
-                s.metadata_mut()
-                    .insert(REASON_KEY, "store_unavailable".parse().expect("ascii"));
-                return s;
+                return status(
+                    Code::Unavailable,
+                    "the spoke's state store is unavailable; retry later",
+                    "store_unavailable",
+                );
+            }
+            Refusal::Task(e) => {
+                tracing::error!(error = %e, "command task failed");
+                return status(
+                    Code::Internal,
+                    "the command failed inside the spoke",
+                    "internal",
+                );
             }
         };
-        let mut status = Status::new(code, self.to_string());
-        status
-            .metadata_mut()
-            .insert(REASON_KEY, reason.parse().expect("reason codes are ascii"));
-        status
+        status(code, &self.to_string(), reason)
     }
 }
 
+fn status(code: Code, message: &str, reason: &'static str) -> Status {
+    let mut s = Status::new(code, message);
+    s.metadata_mut()
+        .insert(REASON_KEY, reason.parse().expect("reason codes are ascii"));
+    s
+}
+
+/// The gRPC face of the spoke; its state is shared with each command's task.
 pub struct FederationService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: Arc<SpokeConfig>,
     verifier: Verifier,
     store: Store,
@@ -86,27 +113,41 @@ impl FederationService {
             config.max_command_validity,
         );
         FederationService {
-            receipt_key: config.receipt_key.clone(),
-            config,
-            verifier,
-            store,
-            supervisor,
+            inner: Arc::new(Inner {
+                receipt_key: config.receipt_key.clone(),
+                config,
+                verifier,
+                store,
+                supervisor,
+            }),
         }
     }
+}
 
-    async fn execute(&self, request: Request<pb::SignedCommand>) -> Result<Vec<u8>, Refusal> {
-        let certs = request.peer_certs();
+impl Inner {
+    async fn execute(
+        &self,
+        certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+        envelope: pb::SignedCommand,
+    ) -> Result<Vec<u8>, Refusal> {
         let hub = self
             .verifier
             .peer_hub(certs.as_deref().map(|c| c.as_slice()))?;
         let now = unix_ms();
-        let cmd = self.verifier.verify(&hub, request.get_ref(), now)?;
+        let cmd = self.verifier.verify(&hub, &envelope, now)?;
         let span =
             tracing::info_span!("command", id = %cmd.command_id, verb = cmd.action.verb(), %hub);
-        let _enter = span.enter();
+        self.run_verified(cmd, now).instrument(span).await
+    }
 
+    /// The replay defence, then the command; a refused command gives its id back.
+    async fn run_verified(&self, cmd: VerifiedCommand, now: i64) -> Result<Vec<u8>, Refusal> {
         let ttl = self.verifier.replay_ttl(cmd.expires_at_ms, now);
-        match self.store.claim_command(&cmd.command_id, ttl).await? {
+        match self
+            .store
+            .claim_command(&cmd.hub_id, &cmd.command_id, ttl)
+            .await?
+        {
             Claim::Done(receipt) => {
                 tracing::info!("replayed command; returning the original receipt");
                 return Ok(receipt);
@@ -114,16 +155,21 @@ impl FederationService {
             Claim::InFlight => return Err(Refusal::InFlight(cmd.command_id)),
             Claim::New => {}
         }
-        drop(_enter);
         match self.perform(&cmd).await {
             Ok(agent) => {
                 let receipt = self.seal(&cmd, agent);
-                self.store.save_receipt(&cmd.command_id, &receipt).await?;
+                self.store
+                    .save_receipt(&cmd.hub_id, &cmd.command_id, &receipt)
+                    .await?;
                 Ok(receipt)
             }
             Err(refusal) => {
                 // Nothing was done, so the id stays free for a corrected retry.
-                if let Err(e) = self.store.release_command(&cmd.command_id).await {
+                if let Err(e) = self
+                    .store
+                    .release_command(&cmd.hub_id, &cmd.command_id)
+                    .await
+                {
                     tracing::warn!(error = %e, "cannot release refused command id");
                 }
                 Err(refusal)
@@ -141,7 +187,7 @@ impl FederationService {
                     profile: req.profile.clone(),
                     workspace: req.workspace.clone(),
                     command_id: cmd.command_id.clone(),
-                    state: crate::lifecycle::AgentState::Spawning,
+                    state: AgentState::Spawning,
                     created_at_ms: unix_ms(),
                     started_at_ms: None,
                     finished_at_ms: None,
@@ -168,11 +214,8 @@ impl FederationService {
                     .get(&record.profile)
                     .map_or(Duration::from_secs(10), |p| p.kill_grace);
                 let reason = format!("killed by hub {} (command {})", cmd.hub_id, cmd.command_id);
-                match self
-                    .supervisor
-                    .kill(id, &reason, grace + Duration::from_secs(5))
-                    .await
-                {
+                let wait = (grace + Duration::from_secs(5)).min(KILL_ANSWER_WITHIN);
+                match self.supervisor.kill(id, &reason, wait).await {
                     KillOutcome::Ended | KillOutcome::StillEnding => self.agent(id).await,
                     KillOutcome::NotSupervised => {
                         // It may have ended between our read and the kill request.
@@ -221,12 +264,17 @@ impl pb::federation_server::Federation for FederationService {
         &self,
         request: Request<pb::SignedCommand>,
     ) -> Result<Response<pb::SignedReceipt>, Status> {
-        match FederationService::execute(self, request).await {
+        let certs = request.peer_certs();
+        let inner = self.inner.clone();
+        // Detached: once verified and claimed, a command finishes even if the caller leaves.
+        let outcome = tokio::spawn(async move { inner.execute(certs, request.into_inner()).await })
+            .await
+            .unwrap_or_else(|e| Err(Refusal::Task(e.to_string())));
+        match outcome {
             Ok(bytes) => pb::SignedReceipt::decode(bytes.as_slice())
                 .map(Response::new)
                 .map_err(|e| {
-                    tracing::error!(error = %e, "stored receipt does not decode");
-                    Status::internal("stored receipt is corrupt")
+                    Refusal::Task(format!("stored receipt does not decode: {e}")).into_status()
                 }),
             Err(refusal) => {
                 tracing::info!(error = %refusal, "command refused");
@@ -240,14 +288,21 @@ impl pb::federation_server::Federation for FederationService {
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
         let certs = request.peer_certs();
-        self.verifier
+        let inner = &self.inner;
+        inner
+            .verifier
             .peer_hub(certs.as_deref().map(|c| c.as_slice()))
             .map_err(|e| Refusal::from(e).into_status())?;
         Ok(Response::new(pb::InfoResponse {
-            spoke_id: self.config.spoke_id.to_string(),
+            spoke_id: inner.config.spoke_id.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            receipt_key_id: self.receipt_key.id().to_string(),
-            profiles: self.config.profiles.keys().map(|p| p.to_string()).collect(),
+            receipt_key_id: inner.receipt_key.id().to_string(),
+            profiles: inner
+                .config
+                .profiles
+                .keys()
+                .map(|p| p.to_string())
+                .collect(),
         }))
     }
 }

@@ -51,8 +51,8 @@ impl AgentState {
         match self {
             AgentState::Spawning => &[],
             AgentState::Running => &[AgentState::Spawning],
-            // A process that never started fails or is killed straight from spawning.
             AgentState::Completed => &[AgentState::Running],
+            // A process that never started fails or is killed straight from spawning.
             AgentState::Failed | AgentState::Killed => &[AgentState::Spawning, AgentState::Running],
         }
     }

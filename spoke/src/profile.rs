@@ -21,7 +21,8 @@ pub struct LaunchPlan {
     pub profile: Arc<Profile>,
     /// The profile's fixed arguments followed by the request's.
     pub args: Vec<String>,
-    /// The complete environment of the agent (the process's own is cleared).
+    /// The complete environment of the agent: the profile's fixed variables, overridden by the
+    /// request's allowed ones (the spoke's own environment is cleared).
     pub env: Vec<(String, String)>,
     /// Inside the profile's root; created by the runner if missing.
     pub workdir: PathBuf,
@@ -83,10 +84,13 @@ pub fn plan(
     Ok(LaunchPlan {
         profile: profile.clone(),
         args,
-        env: req
+        env: profile
             .env
             .iter()
+            .chain(&req.env)
             .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
             .collect(),
         workdir,
     })
@@ -133,6 +137,11 @@ mod tests {
             program: "/bin/echo".into(),
             args: vec!["fixed".into()],
             allowed_env: vec!["FOO".into()],
+            env: [
+                ("FOO".to_string(), "default".to_string()),
+                ("HOME".to_string(), "/h".to_string()),
+            ]
+            .into(),
             workdir_root: root,
             kill_grace: Duration::from_secs(1),
         };
@@ -154,6 +163,9 @@ mod tests {
         let (_d, profiles) = setup();
         let p = plan(&profiles, &req("a/b")).unwrap();
         assert_eq!(p.args, vec!["fixed", "x"]);
+        // The request's allowed value overrides the profile's; the profile's others stay.
+        let env = vec![("FOO".into(), "1".into()), ("HOME".into(), "/h".into())];
+        assert_eq!(p.env, env);
         assert!(p.workdir.ends_with("root/a/b"));
     }
 

@@ -141,12 +141,21 @@ async fn failing_program_ends_failed_with_its_exit_code() {
 
 #[tokio::test]
 async fn a_program_that_cannot_start_fails_from_spawning() {
+    // The spoke checks programs at start-up, so this one disappears afterwards.
+    let bin = tempfile::tempdir().unwrap();
+    let program = bin.path().join("agent");
+    std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let fed = Federation::builder()
         .spoke("a")
         .profile(
             "missing",
             ProfileSpec {
-                program: "/nonexistent/agent".into(),
+                program: program.display().to_string(),
                 args: vec![],
                 allowed_env: vec![],
                 kill_grace_ms: 100,
@@ -155,6 +164,7 @@ async fn a_program_that_cannot_start_fails_from_spawning() {
         .start()
         .await
         .unwrap();
+    std::fs::remove_file(&program).unwrap();
     let a = fed.client("a").await.unwrap();
     let r = a
         .execute(&fed.hub.signer, spawn_action("missing", &[]))
@@ -171,7 +181,8 @@ async fn a_program_that_cannot_start_fails_from_spawning() {
     .unwrap();
     assert_eq!(done.state(), pb::AgentState::Failed);
     assert!(
-        done.error.starts_with("cannot start /nonexistent/agent"),
+        done.error
+            .starts_with(&format!("cannot start {}: No such file", program.display())),
         "{}",
         done.error
     );
@@ -334,4 +345,33 @@ async fn stopping_a_spoke_kills_its_agents() {
         .unwrap();
     assert_eq!(rec.state.as_str(), "killed");
     assert_eq!(rec.error, "spoke shutting down");
+}
+
+#[tokio::test]
+async fn a_command_whose_caller_gave_up_still_finishes_and_answers_the_retry() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    // Ignores SIGTERM, so the kill takes the profile's whole 1 s grace.
+    let script = "trap '' TERM; echo $$ > pids; while :; do sleep 0.05; done";
+    let r = a
+        .execute(&fed.hub.signer, spawn_action("sh", &[script]))
+        .await
+        .unwrap();
+    read_pids(&fed.workdir_root("a", "sh").join("pids"), 1).await;
+
+    let hub_key = fed.key(HUB);
+    let kill = RawCommand::new(HUB, "a", &hub_key, kill_action(&r.agent.agent_id)).seal(&hub_key);
+    let mut client = fed.raw_client("a", &fed.hub_tls(HUB)).await.unwrap();
+    let mut impatient = tonic::Request::new(kill.clone());
+    impatient.set_timeout(Duration::from_millis(100));
+    let err = client.execute(impatient).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Cancelled, "{err:?}");
+
+    // The kill carried on without its caller; the retry gets its receipt, not "in flight".
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let receipt = client.execute(kill).await.unwrap().into_inner();
+    let receipt = <pb::Receipt as prost::Message>::decode(receipt.receipt.as_slice()).unwrap();
+    let agent = receipt.agent.unwrap();
+    assert_eq!(agent.state(), pb::AgentState::Killed);
+    assert_eq!(agent.signal, Some(9));
 }

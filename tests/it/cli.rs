@@ -164,17 +164,74 @@ fn a_spoke_with_a_bad_config_says_which_key() {
     );
 }
 
+/// Runs `mosaic-spoke serve` on `config` and returns its stderr; it must refuse to start.
+fn spoke_refuses(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(binary("mosaic-spoke"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_spoke_refuses_to_start_with_the_wrong_certificate_or_program() {
+    let fed = Federation::builder()
+        .spoke("a")
+        .spoke("b")
+        .start()
+        .await
+        .unwrap();
+    let good = std::fs::read_to_string(fed.dir().join("a.toml")).unwrap();
+
+    let wrong_cert = fed.dir().join("wrong-cert.toml");
+    let text = good
+        .replace("spoke-a.crt", "spoke-b.crt")
+        .replace("spoke-a.key", "spoke-b.key");
+    std::fs::write(&wrong_cert, text).unwrap();
+    let err = spoke_refuses(&wrong_cert);
+    assert!(
+        err.contains("tls.cert: the certificate names spiffe://test.local/spoke/b, but this spoke is spiffe://test.local/spoke/a"),
+        "{err}"
+    );
+
+    let missing = fed.dir().join("missing-program.toml");
+    std::fs::write(
+        &missing,
+        good.replace("\"/bin/echo\"", "\"/nonexistent/echo\""),
+    )
+    .unwrap();
+    let err = spoke_refuses(&missing);
+    assert!(
+        err.contains("profiles.echo.program: /nonexistent/echo is not an executable file"),
+        "{err}"
+    );
+
+    let shared_key = fed.dir().join("shared-key.toml");
+    std::fs::write(
+        &shared_key,
+        good.replace("keys/other-hub.pub.pem", "keys/hub.pub.pem"),
+    )
+    .unwrap();
+    let err = spoke_refuses(&shared_key);
+    assert!(
+        err.contains("is already trusted for hub hub; a key may belong to one hub only"),
+        "{err}"
+    );
+}
+
 #[test]
 fn keygen_and_certs_init_write_usable_files() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(binary("mosaic-hub"))
         .args(["-o", "json", "keygen", "--out"])
-        .arg(dir.path().join("k"))
+        .arg(dir.path().join("keys/k"))
         .output()
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let key = mosaic_shared::signing::KeyPair::load(&dir.path().join("k.pem")).unwrap();
+    let key = mosaic_shared::signing::KeyPair::load(&dir.path().join("keys/k.pem")).unwrap();
     assert_eq!(v["key_id"], key.id().to_string());
 
     let out = std::process::Command::new(binary("mosaic-hub"))

@@ -4,7 +4,7 @@
 //! single slot and runs unchanged on Valkey Cluster. Ids inside keys were validated by
 //! `mosaic_shared::ids` and cannot contain `{`, `}` or `:`.
 
-use mosaic_shared::ids::{AgentId, CommandId, SpokeId};
+use mosaic_shared::ids::{AgentId, CommandId, HubId, SpokeId};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -19,9 +19,10 @@ impl Keys {
         }
     }
 
-    /// Replay record of a command: empty while it executes, then the encoded signed receipt.
-    pub fn command(&self, id: &CommandId) -> String {
-        format!("{}cmd:{id}", self.prefix)
+    /// Replay record of a hub's command: empty while it executes, then the encoded signed
+    /// receipt. Keyed per hub so that no hub can ever be handed another hub's receipt.
+    pub fn command(&self, hub: &HubId, id: &CommandId) -> String {
+        format!("{}cmd:{hub}:{id}", self.prefix)
     }
 
     /// Hash holding one agent's record.
@@ -48,7 +49,7 @@ mod tests {
     fn keys_share_one_hash_tag() {
         let k = Keys::new(&"spoke-a".parse().unwrap());
         let all = [
-            k.command(&"c1".parse().unwrap()),
+            k.command(&"h".parse().unwrap(), &"c1".parse().unwrap()),
             k.agent(&"a1".parse().unwrap()),
             k.agents(),
             k.events(),

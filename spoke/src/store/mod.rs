@@ -11,7 +11,7 @@ pub mod keys;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mosaic_shared::ids::{AgentId, CommandId, ProfileName, SpokeId, WorkspaceId};
+use mosaic_shared::ids::{AgentId, CommandId, HubId, ProfileName, SpokeId, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands as _, Script};
@@ -259,10 +259,15 @@ impl Store {
     }
 
     /// Atomically claims `id` for execution (`SET NX GET`), or reports what happened to it.
-    pub async fn claim_command(&self, id: &CommandId, ttl: Duration) -> Result<Claim, StoreError> {
+    pub async fn claim_command(
+        &self,
+        hub: &HubId,
+        id: &CommandId,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
         let mut con = self.con.clone();
         let previous: Option<Vec<u8>> = redis::cmd("SET")
-            .arg(self.keys.command(id))
+            .arg(self.keys.command(hub, id))
             .arg("")
             .arg("NX")
             .arg("GET")
@@ -278,10 +283,15 @@ impl Store {
     }
 
     /// Records the signed receipt of a claimed command, keeping the claim's TTL.
-    pub async fn save_receipt(&self, id: &CommandId, receipt: &[u8]) -> Result<(), StoreError> {
+    pub async fn save_receipt(
+        &self,
+        hub: &HubId,
+        id: &CommandId,
+        receipt: &[u8],
+    ) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         let _: Option<String> = redis::cmd("SET")
-            .arg(self.keys.command(id))
+            .arg(self.keys.command(hub, id))
             .arg(receipt)
             .arg("XX")
             .arg("KEEPTTL")
@@ -291,11 +301,11 @@ impl Store {
     }
 
     /// Gives up a claim whose command was refused before it did anything, so the id is free.
-    pub async fn release_command(&self, id: &CommandId) -> Result<(), StoreError> {
+    pub async fn release_command(&self, hub: &HubId, id: &CommandId) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         let _: i64 = self
             .release_command
-            .key(self.keys.command(id))
+            .key(self.keys.command(hub, id))
             .invoke_async(&mut con)
             .await?;
         Ok(())
