@@ -10,7 +10,7 @@ use mosaic_shared::ids::{HubId, SpokeId};
 use mosaic_shared::signing::{KeyPair, PublicKey};
 
 use crate::sign::Signer;
-use mosaic_shared::tls::{Role, SpiffeId, TlsMaterial, TlsPaths};
+use mosaic_shared::tls::{self, Role, SpiffeId, TlsMaterial, TlsPaths};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,12 +71,7 @@ impl HubConfig {
             field: field.to_owned(),
             message,
         };
-        if raw.trust_domain.is_empty() || raw.trust_domain.contains(['/', ' ']) {
-            return Err(invalid(
-                "trust_domain",
-                "must be a non-empty name without '/' or spaces".into(),
-            ));
-        }
+        tls::check_trust_domain(&raw.trust_domain).map_err(|e| invalid("trust_domain", e))?;
         if !(1_000..=3_600_000).contains(&raw.command_ttl_ms) {
             return Err(invalid(
                 "command_ttl_ms",
@@ -91,23 +86,9 @@ impl HubConfig {
         }
         let signing_key = KeyPair::load(&config::resolve(base, &raw.signing_key))
             .map_err(|e| invalid("signing_key", e.to_string()))?;
-        let tls = TlsMaterial::load(&TlsPaths {
-            cert: config::resolve(base, &raw.tls.cert),
-            key: config::resolve(base, &raw.tls.key),
-            ca: config::resolve(base, &raw.tls.ca),
-        })
-        .map_err(|e| invalid("tls", e.to_string()))?;
-        let expected = SpiffeId::new(&raw.trust_domain, Role::Hub, raw.hub_id.as_str());
-        match tls.own_identity() {
-            Ok(id) if id == expected => {}
-            Ok(id) => {
-                return Err(invalid(
-                    "tls.cert",
-                    format!("the certificate names {id}, but this hub is {expected}"),
-                ));
-            }
-            Err(e) => return Err(invalid("tls.cert", e.to_string())),
-        }
+        let own = SpiffeId::new(&raw.trust_domain, Role::Hub, raw.hub_id.as_str());
+        let tls = TlsMaterial::load_as(&raw.tls.resolved(base), &own)
+            .map_err(|e| invalid(e.field(), e.to_string()))?;
         let mut spokes: Vec<SpokeEntry> = Vec::new();
         for (i, s) in raw.spokes.into_iter().enumerate() {
             if spokes.iter().any(|e| e.id == s.id) {

@@ -160,6 +160,25 @@ pub struct TlsPaths {
     pub ca: PathBuf,
 }
 
+impl TlsPaths {
+    /// The same paths, made absolute against a config file's directory.
+    pub fn resolved(&self, base: &Path) -> TlsPaths {
+        TlsPaths {
+            cert: crate::config::resolve(base, &self.cert),
+            key: crate::config::resolve(base, &self.key),
+            ca: crate::config::resolve(base, &self.ca),
+        }
+    }
+}
+
+/// A trust domain must be a non-empty name that fits in a SPIFFE URI's authority.
+pub fn check_trust_domain(td: &str) -> Result<(), String> {
+    if td.is_empty() || td.contains(['/', ' ', ':', '@']) {
+        return Err("must be a non-empty name without '/', ':', '@' or spaces".into());
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} {path}: {source}")]
@@ -176,6 +195,32 @@ pub enum TlsError {
     },
     #[error("invalid TLS material: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("certificate {path} does not carry an identity: {source}")]
+    NoIdentity {
+        path: PathBuf,
+        source: IdentityError,
+    },
+    #[error("certificate {path} names {found}, but this process is {expected}")]
+    NotOwnIdentity {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+}
+
+impl TlsError {
+    /// The config key to blame.
+    pub fn field(&self) -> &'static str {
+        match self {
+            TlsError::Read { what, .. } | TlsError::Empty { what, .. } => match *what {
+                "certificate" => "tls.cert",
+                "private key" => "tls.key",
+                _ => "tls.ca",
+            },
+            TlsError::NoIdentity { .. } | TlsError::NotOwnIdentity { .. } => "tls.cert",
+            TlsError::Rustls(_) => "tls",
+        }
+    }
 }
 
 /// Loaded TLS material: the PEM text (for tonic's server config) and the parsed forms (for the
@@ -243,6 +288,26 @@ impl TlsMaterial {
             key: Some(Arc::new(key)),
             roots: Arc::new(roots),
         })
+    }
+
+    /// Loads the material and requires its certificate to name `expected`: a process must not
+    /// start under someone else's identity.
+    pub fn load_as(paths: &TlsPaths, expected: &SpiffeId) -> Result<Self, TlsError> {
+        let material = Self::load(paths)?;
+        let found = material
+            .own_identity()
+            .map_err(|source| TlsError::NoIdentity {
+                path: paths.cert.clone(),
+                source,
+            })?;
+        if &found != expected {
+            return Err(TlsError::NotOwnIdentity {
+                path: paths.cert.clone(),
+                found: found.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+        Ok(material)
     }
 
     /// The same CA trust, but no client certificate: only for exercising a server's refusal.

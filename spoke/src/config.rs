@@ -14,7 +14,7 @@ use std::time::Duration;
 use mosaic_shared::config::{self, ConfigError, Env};
 use mosaic_shared::ids::{HubId, ProfileName, SpokeId};
 use mosaic_shared::signing::{KeyPair, PublicKey};
-use mosaic_shared::tls::{Role, SpiffeId, TlsMaterial, TlsPaths};
+use mosaic_shared::tls::{self, Role, SpiffeId, TlsMaterial, TlsPaths};
 
 /// The file as written. Every key is documented in README.md ("Spoke configuration").
 #[derive(Debug, serde::Deserialize)]
@@ -126,12 +126,7 @@ impl SpokeConfig {
             .valkey_url()
             .or(raw.valkey_url)
             .ok_or_else(|| invalid("valkey_url", "not set; set it in the file or MOSAIC_VALKEY_URL (redis://host:port, rediss://…, unix:///path)".into()))?;
-        if raw.trust_domain.is_empty() || raw.trust_domain.contains(['/', ' ']) {
-            return Err(invalid(
-                "trust_domain",
-                "must be a non-empty name without '/' or spaces".into(),
-            ));
-        }
+        tls::check_trust_domain(&raw.trust_domain).map_err(|e| invalid("trust_domain", e))?;
         if raw.clock_skew_ms > 600_000 {
             return Err(invalid(
                 "clock_skew_ms",
@@ -146,23 +141,9 @@ impl SpokeConfig {
         }
         let receipt_key = KeyPair::load(&config::resolve(base, &raw.receipt_key))
             .map_err(|e| invalid("receipt_key", e.to_string()))?;
-        let tls_paths = TlsPaths {
-            cert: config::resolve(base, &raw.tls.cert),
-            key: config::resolve(base, &raw.tls.key),
-            ca: config::resolve(base, &raw.tls.ca),
-        };
-        let tls = TlsMaterial::load(&tls_paths).map_err(|e| invalid("tls", e.to_string()))?;
-        let expected = SpiffeId::new(&raw.trust_domain, Role::Spoke, raw.spoke_id.as_str());
-        match tls.own_identity() {
-            Ok(id) if id == expected => {}
-            Ok(id) => {
-                return Err(invalid(
-                    "tls.cert",
-                    format!("the certificate names {id}, but this spoke is {expected}"),
-                ));
-            }
-            Err(e) => return Err(invalid("tls.cert", e.to_string())),
-        }
+        let own = SpiffeId::new(&raw.trust_domain, Role::Spoke, raw.spoke_id.as_str());
+        let tls = TlsMaterial::load_as(&raw.tls.resolved(base), &own)
+            .map_err(|e| invalid(e.field(), e.to_string()))?;
 
         if raw.trusted_hubs.is_empty() {
             return Err(invalid(

@@ -337,6 +337,31 @@ pub async fn wait_for(
     }
 }
 
+impl Federation {
+    /// Sends `action` (a spawn) through `client` and waits up to 10 s for the agent to end.
+    /// Returns the spawn's receipt and the agent's final status.
+    pub async fn run_to_end(
+        &self,
+        client: &SpokeClient,
+        action: pb::command::Action,
+    ) -> (mosaic_hub::spokes::Receipt, pb::AgentStatus) {
+        let receipt = client
+            .execute(&self.hub.signer, action)
+            .await
+            .expect("spawn accepted");
+        let done = wait_for(
+            &self.hub,
+            client,
+            &receipt.agent.agent_id,
+            Duration::from_secs(10),
+            terminal,
+        )
+        .await
+        .expect("agent ended");
+        (receipt, done)
+    }
+}
+
 pub fn terminal(s: pb::AgentState) -> bool {
     mosaic_hub::cli::is_terminal(s)
 }

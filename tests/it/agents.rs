@@ -25,24 +25,13 @@ fn pair(from: &str, to: &str) -> (String, String) {
 async fn spawn_runs_to_completed_with_output_and_events() {
     let fed = Federation::builder().spoke("a").start().await.unwrap();
     let a = fed.client("a").await.unwrap();
-    let r = a
-        .execute(&fed.hub.signer, spawn_action("echo", &["hello", "world"]))
-        .await
-        .unwrap();
+    let (r, done) = fed
+        .run_to_end(&a, spawn_action("echo", &["hello", "world"]))
+        .await;
     assert_eq!(r.agent.state(), pb::AgentState::Spawning);
     assert_eq!(r.agent.profile, "echo");
     assert_eq!(r.agent.workspace, "ws-test");
     assert_eq!(r.agent.command_id, r.command_id.to_string());
-
-    let done = wait_for(
-        &fed.hub,
-        &a,
-        &r.agent.agent_id,
-        Duration::from_secs(10),
-        terminal,
-    )
-    .await
-    .unwrap();
     assert_eq!(done.state(), pb::AgentState::Completed, "{done:?}");
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(done.signal, None);
@@ -77,16 +66,7 @@ async fn agent_gets_only_allowed_env_and_its_workdir() {
         env: [("GREETING".to_string(), "hi there".to_string())].into(),
         workdir: "jobs/42".into(),
     });
-    let r = a.execute(&fed.hub.signer, spawn).await.unwrap();
-    let done = wait_for(
-        &fed.hub,
-        &a,
-        &r.agent.agent_id,
-        Duration::from_secs(10),
-        terminal,
-    )
-    .await
-    .unwrap();
+    let (_, done) = fed.run_to_end(&a, spawn).await;
     assert_eq!(done.state(), pb::AgentState::Completed, "{done:?}");
     let mut lines = done.output_tail.lines();
     let cwd = lines.next().unwrap();
@@ -109,22 +89,9 @@ async fn agent_gets_only_allowed_env_and_its_workdir() {
 async fn failing_program_ends_failed_with_its_exit_code() {
     let fed = Federation::builder().spoke("a").start().await.unwrap();
     let a = fed.client("a").await.unwrap();
-    let r = a
-        .execute(
-            &fed.hub.signer,
-            spawn_action("sh", &["echo oops >&2; exit 7"]),
-        )
-        .await
-        .unwrap();
-    let done = wait_for(
-        &fed.hub,
-        &a,
-        &r.agent.agent_id,
-        Duration::from_secs(10),
-        terminal,
-    )
-    .await
-    .unwrap();
+    let (_, done) = fed
+        .run_to_end(&a, spawn_action("sh", &["echo oops >&2; exit 7"]))
+        .await;
     assert_eq!(done.state(), pb::AgentState::Failed);
     assert_eq!(done.exit_code, Some(7));
     assert_eq!(done.error, "exited with code 7");
@@ -166,19 +133,7 @@ async fn a_program_that_cannot_start_fails_from_spawning() {
         .unwrap();
     std::fs::remove_file(&program).unwrap();
     let a = fed.client("a").await.unwrap();
-    let r = a
-        .execute(&fed.hub.signer, spawn_action("missing", &[]))
-        .await
-        .unwrap();
-    let done = wait_for(
-        &fed.hub,
-        &a,
-        &r.agent.agent_id,
-        Duration::from_secs(10),
-        terminal,
-    )
-    .await
-    .unwrap();
+    let (_, done) = fed.run_to_end(&a, spawn_action("missing", &[])).await;
     assert_eq!(done.state(), pb::AgentState::Failed);
     assert!(
         done.error

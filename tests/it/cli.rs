@@ -192,7 +192,7 @@ async fn a_spoke_refuses_to_start_with_the_wrong_certificate_or_program() {
     std::fs::write(&wrong_cert, text).unwrap();
     let err = spoke_refuses(&wrong_cert);
     assert!(
-        err.contains("tls.cert: the certificate names spiffe://test.local/spoke/b, but this spoke is spiffe://test.local/spoke/a"),
+        err.contains("tls.cert: certificate ") && err.contains("spoke-b.crt names spiffe://test.local/spoke/b, but this process is spiffe://test.local/spoke/a"),
         "{err}"
     );
 
