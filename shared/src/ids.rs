@@ -123,8 +123,12 @@ id_type!(
     CommandId, "command_id", 128
 );
 id_type!(
-    /// An agent's id, chosen by the spoke when it accepts a spawn.
+    /// An agent's id: one attempt at running a job, chosen by the spoke when it dispatches.
     AgentId, "agent_id", 64
+);
+id_type!(
+    /// A job's id, chosen by the spoke when it accepts a spawn.
+    JobId, "job_id", 64
 );
 
 impl CommandId {
@@ -136,6 +140,13 @@ impl CommandId {
 
 impl AgentId {
     /// A fresh, time-ordered agent id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+impl JobId {
+    /// A fresh, time-ordered job id.
     pub fn generate() -> Self {
         Self(uuid::Uuid::now_v7().to_string())
     }

@@ -13,6 +13,7 @@
 pub mod command;
 pub mod config;
 pub mod grpc;
+pub mod job;
 pub mod lifecycle;
 pub mod profile;
 pub mod runner;

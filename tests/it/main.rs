@@ -4,3 +4,4 @@
 mod agents;
 mod cli;
 mod hostile;
+mod queue;

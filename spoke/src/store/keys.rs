@@ -3,8 +3,21 @@
 //! All keys of one spoke share the hash tag `{<spoke-id>}` so that every script touches a
 //! single slot and runs unchanged on Valkey Cluster. Ids inside keys were validated by
 //! `mosaic_shared::ids` and cannot contain `{`, `}` or `:`.
+//!
+//! Scripts that pick a job inside Valkey (dispatch, promotion, retention) build that job's keys
+//! from [`Keys::prefix`] with the suffixes [`JOB`], [`ATTEMPTS`] and [`AGENT`] exported here, so
+//! the layout still lives in this one file.
 
 use mosaic_shared::ids::{AgentId, CommandId, HubId, SpokeId};
+
+use crate::job::JobState;
+
+/// `<prefix>job:<id>`: hash holding one job's record.
+pub const JOB: &str = "job:";
+/// `<prefix>job:<id>` + this: list of the job's attempt (agent) ids, oldest first.
+pub const ATTEMPTS: &str = ":attempts";
+/// `<prefix>agent:<id>`: hash holding one agent's (attempt's) record.
+pub const AGENT: &str = "agent:";
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -19,6 +32,11 @@ impl Keys {
         }
     }
 
+    /// The common prefix, for scripts that build job and agent keys themselves.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Replay record of a hub's command: empty while it executes, then the encoded signed
     /// receipt. Keyed per hub so that no hub can ever be handed another hub's receipt.
     pub fn command(&self, hub: &HubId, id: &CommandId) -> String {
@@ -27,12 +45,63 @@ impl Keys {
 
     /// Hash holding one agent's record.
     pub fn agent(&self, id: &AgentId) -> String {
-        format!("{}agent:{id}", self.prefix)
+        format!("{}{AGENT}{id}", self.prefix)
     }
 
     /// Sorted set of agent ids scored by creation time.
     pub fn agents(&self) -> String {
         format!("{}agents", self.prefix)
+    }
+
+    /// Hash holding one job's record.
+    pub fn job(&self, id: &str) -> String {
+        format!("{}{JOB}{id}", self.prefix)
+    }
+
+    /// List of a job's attempt ids.
+    pub fn job_attempts(&self, id: &str) -> String {
+        format!("{}{JOB}{id}{ATTEMPTS}", self.prefix)
+    }
+
+    /// Sorted set of job ids scored by creation time.
+    pub fn jobs(&self) -> String {
+        format!("{}jobs", self.prefix)
+    }
+
+    /// Jobs ready to run, scored by [`crate::job::pending_score`].
+    pub fn pending(&self) -> String {
+        format!("{}q:pending", self.prefix)
+    }
+
+    /// Jobs waiting for a time (a delay or a retry backoff), scored by that time (unix ms).
+    pub fn delayed(&self) -> String {
+        format!("{}q:delayed", self.prefix)
+    }
+
+    /// Jobs holding a slot, scored by the expiry of their attempt's lease (unix ms).
+    pub fn active(&self) -> String {
+        format!("{}q:active", self.prefix)
+    }
+
+    /// Finished jobs in one terminal state, scored by finish time, for counts and retention.
+    pub fn done(&self, state: JobState) -> String {
+        debug_assert!(state.is_terminal());
+        format!("{}q:done:{}", self.prefix, state.as_str())
+    }
+
+    /// Counter giving every enqueued job its FIFO sequence number.
+    pub fn seq(&self) -> String {
+        format!("{}q:seq", self.prefix)
+    }
+
+    /// Present while dispatch is paused.
+    pub fn paused(&self) -> String {
+        format!("{}q:paused", self.prefix)
+    }
+
+    /// Hash: profile name → number of active jobs of that profile.
+    pub fn running_by_profile(&self) -> String {
+        format!("{}q:running", self.prefix)
     }
 
     /// Stream of lifecycle events, appended by the same scripts that change state.
@@ -52,10 +121,29 @@ mod tests {
             k.command(&"h".parse().unwrap(), &"c1".parse().unwrap()),
             k.agent(&"a1".parse().unwrap()),
             k.agents(),
+            k.job("j1"),
+            k.job_attempts("j1"),
+            k.jobs(),
+            k.pending(),
+            k.delayed(),
+            k.active(),
+            k.done(JobState::Failed),
+            k.seq(),
+            k.paused(),
+            k.running_by_profile(),
             k.events(),
         ];
-        for key in all {
+        for key in &all {
             assert!(key.starts_with("mosaic:{spoke-a}:"), "{key}");
         }
+        assert_eq!(k.job("j1"), format!("{}{JOB}j1", k.prefix()));
+        assert_eq!(
+            k.job_attempts("j1"),
+            format!("{}{JOB}j1{ATTEMPTS}", k.prefix())
+        );
+        assert_eq!(
+            k.agent(&"a1".parse().unwrap()),
+            format!("{}{AGENT}a1", k.prefix())
+        );
     }
 }

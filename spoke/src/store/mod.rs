@@ -7,6 +7,11 @@
 //! This module never starts processes and never decides policy.
 
 pub mod keys;
+mod queue;
+
+pub use queue::{
+    AttemptEnd, Dispatched, ExpiredLease, Guarded, JobRecord, NewJob, Outcome, QueueCounts,
+};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -227,6 +232,7 @@ pub struct Store {
     create_agent: Script,
     transition: Script,
     release_command: Script,
+    queue: queue::QueueScripts,
 }
 
 impl Store {
@@ -255,6 +261,7 @@ impl Store {
             create_agent: Script::new(CREATE_AGENT),
             transition: Script::new(TRANSITION),
             release_command: Script::new(RELEASE_COMMAND),
+            queue: queue::QueueScripts::new(),
         })
     }
 

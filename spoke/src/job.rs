@@ -1,0 +1,196 @@
+//! Jobs: what a spawn becomes on a spoke, and the policy that decides what happens to them.
+//!
+//! A job waits in the spoke's queue (`pending`, or `delayed` until a time), is `assigned` an
+//! attempt when the scheduler finds a free slot, is `executing` while that attempt's process
+//! runs, and ends `completed`, `failed` (retries exhausted) or `cancelled` (killed or removed;
+//! never retried). Each attempt is an agent with its own lifecycle (`lifecycle`). This module
+//! owns the job state table, the validated [`JobOptions`] and the retry [`backoff`]; it does no
+//! I/O. The table is enforced in Valkey by `store`'s scripts.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Pending,
+    Delayed,
+    Assigned,
+    Executing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Pending,
+        JobState::Delayed,
+        JobState::Assigned,
+        JobState::Executing,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Delayed => "delayed",
+            JobState::Assigned => "assigned",
+            JobState::Executing => "executing",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// Waiting in the queue (and so removable by an operator).
+    pub fn is_queued(self) -> bool {
+        matches!(self, JobState::Pending | JobState::Delayed)
+    }
+
+    /// Holding a slot: an attempt exists and may have a live process.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Assigned | JobState::Executing)
+    }
+
+    /// The states from which a job may enter `self`.
+    pub fn may_enter_from(self) -> &'static [JobState] {
+        use JobState::*;
+        match self {
+            // Delayed → pending when due; assigned/executing → pending when a shutdown
+            // interrupts an attempt (no failure counted).
+            Pending => &[Delayed, Assigned, Executing],
+            // Born delayed, or waiting out a retry backoff.
+            Delayed => &[Assigned, Executing],
+            Assigned => &[Pending],
+            Executing => &[Assigned],
+            Completed => &[Executing],
+            Failed => &[Assigned, Executing],
+            Cancelled => &[Pending, Delayed, Assigned, Executing],
+        }
+    }
+
+    pub fn can_transition(from: JobState, to: JobState) -> bool {
+        to.may_enter_from().contains(&from)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown job state {s:?}"))
+    }
+}
+
+/// Scheduling options of one job, validated; defaults come from the spoke's `[queue]` config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOptions {
+    /// 1–10; 10 runs first, FIFO within a priority.
+    pub priority: u8,
+    /// Wall-clock time (unix ms) before which the job does not run; `None` = now.
+    pub not_before_ms: Option<i64>,
+    /// Retries after the first attempt fails (0 = never retry).
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// An attempt running longer is killed and counts as failed; `None` = no limit.
+    pub attempt_timeout: Option<Duration>,
+}
+
+pub const MIN_PRIORITY: u8 = 1;
+pub const MAX_PRIORITY: u8 = 10;
+pub const MAX_RETRIES: u32 = 100;
+/// Longest backoff or delay a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The score that orders the pending queue: higher priority first, then enqueue order. Exact
+/// in an f64 (Valkey's score type) for sequence numbers below 10^13.
+pub fn pending_score(priority: u8, seq: u64) -> f64 {
+    f64::from(MAX_PRIORITY - priority.clamp(MIN_PRIORITY, MAX_PRIORITY)) * 1e13 + seq as f64
+}
+
+/// Delay before the retry that follows failure number `failures` (1 for the first failure):
+/// `min(base * 2^(failures-1), cap)`, scaled by a jitter factor in `[0.8, 1.0]` so that a
+/// burst of failures does not retry in lockstep. `unit` is a uniform random number in [0, 1).
+pub fn backoff(base: Duration, cap: Duration, failures: u32, unit: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(40);
+    let raw = base.saturating_mul(1u32 << exp.min(31)).min(cap);
+    let raw = if exp > 31 { cap } else { raw };
+    raw.mul_f64(0.8 + 0.2 * unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobState::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn terminal_states_are_final() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
+            if s.is_terminal() {
+                for t in JobState::ALL {
+                    assert!(!JobState::can_transition(s, t), "{s} -> {t}");
+                }
+            }
+        }
+        assert!(JobState::can_transition(Pending, Assigned));
+        assert!(
+            JobState::can_transition(Executing, Delayed),
+            "retry after a failure"
+        );
+        assert!(
+            !JobState::can_transition(Pending, Executing),
+            "must be assigned first"
+        );
+        assert!(!JobState::can_transition(Delayed, Completed));
+    }
+
+    #[test]
+    fn higher_priority_sorts_first_then_fifo() {
+        assert!(pending_score(10, 99) < pending_score(9, 1));
+        assert!(pending_score(5, 1) < pending_score(5, 2));
+        assert_eq!(pending_score(1, 0), 9e13);
+    }
+
+    #[test]
+    fn backoff_doubles_until_the_cap() {
+        let (b, c) = (Duration::from_millis(1000), Duration::from_millis(60_000));
+        assert_eq!(backoff(b, c, 1, 1.0), Duration::from_millis(1000));
+        assert_eq!(backoff(b, c, 2, 1.0), Duration::from_millis(2000));
+        assert_eq!(backoff(b, c, 4, 1.0), Duration::from_millis(8000));
+        assert_eq!(backoff(b, c, 7, 1.0), Duration::from_millis(60_000));
+        assert_eq!(backoff(b, c, 1000, 1.0), Duration::from_millis(60_000));
+        assert_eq!(backoff(b, c, 1, 0.0), Duration::from_millis(800));
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_jittered_bounds(base in 1u64..10_000, cap in 1u64..100_000, n in 1u32..200, unit in 0.0f64..1.0) {
+            let (b, c) = (Duration::from_millis(base), Duration::from_millis(cap));
+            let d = backoff(b, c, n, unit);
+            let ideal = (base as u128 * (1u128 << (n - 1).min(60))).min(cap as u128) as f64;
+            prop_assert!(d.as_secs_f64() * 1000.0 <= ideal + 1e-6);
+            prop_assert!(d.as_secs_f64() * 1000.0 >= ideal * 0.8 - 1e-6);
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! The job queue in Valkey: enqueue, dispatch, attempt start and end, retries, operator
+//! controls, leases and retention.
+//!
+//! Each transition is one Lua script that checks the job's (and attempt's) current state,
+//! updates the records, moves the job between the queue's sorted sets and appends the events,
+//! so no reader sees a job in two places or a state without its event. Scripts receive "now" and
+//! every random choice from Rust, which keeps them deterministic. Key names come from `keys`
+//! (scripts that choose a job build its keys from [`Keys::prefix`] and the suffixes there).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mosaic_shared::ids::{AgentId, CommandId, JobId, ProfileName, WorkspaceId};
+use redis::{AsyncCommands as _, Script};
+
+use super::keys::Keys;
+use super::{EVENTS_MAXLEN, Store, StoreError};
+use crate::job::{JobOptions, JobState};
+
+const PRELUDE: &str = include_str!("queue.lua");
+
+/// How many pending jobs dispatch examines for one whose profile has a free slot.
+const DISPATCH_SCAN: usize = 64;
+/// Most due delayed jobs promoted by one dispatch call.
+const PROMOTE_BATCH: usize = 256;
+/// Most finished jobs deleted by one retention call per terminal state.
+const TRIM_BATCH: usize = 500;
+
+const ENQUEUE: &str = r"
+-- KEYS: job, jobs index, pending, delayed, seq, events
+-- ARGV: job id, now, ready_at, priority, workspace, maxlen, then field/value pairs
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('EXISTS job ' .. ARGV[1] .. ' already exists')
+end
+local seq = redis.call('INCR', KEYS[5])
+local state = 'pending'
+if tonumber(ARGV[3]) > tonumber(ARGV[2]) then
+  state = 'delayed'
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+else
+  redis.call('ZADD', KEYS[3], pending_score(ARGV[4], seq), ARGV[1])
+end
+local fields = {'state', state, 'seq', seq, 'attempts', 0, 'failures', 0, 'ready_at_ms', ARGV[3]}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+event(KEYS[6], ARGV[6], 'kind', 'job.queued', 'job_id', ARGV[1], 'workspace', ARGV[5],
+  'state', state, 'at_ms', ARGV[2])
+return state
+";
+
+const DISPATCH: &str = r"
+-- KEYS: pending, delayed, active, paused, running-by-profile, agents index, events
+-- ARGV: prefix, now, lease_until, new agent id, owner, total limit, maxlen, scan, promote batch,
+--       then profile/limit pairs
+local prefix, now = ARGV[1], ARGV[2]
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
+for _, id in ipairs(due) do
+  local job = prefix .. 'job:' .. id
+  local f = redis.call('HMGET', job, 'priority', 'seq', 'workspace')
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZADD', KEYS[1], pending_score(f[1], f[2]), id)
+  redis.call('HSET', job, 'state', 'pending')
+  event(KEYS[7], ARGV[7], 'kind', 'job.status', 'job_id', id, 'workspace', f[3],
+    'state', 'pending', 'at_ms', now)
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return false end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return false end
+local limits = {}
+for i = 10, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local chosen, profile
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[8]) - 1)) do
+  local p = redis.call('HGET', prefix .. 'job:' .. id, 'profile')
+  local limit = limits[p]
+  if not limit or (tonumber(redis.call('HGET', KEYS[5], p)) or 0) < limit then
+    chosen, profile = id, p
+    break
+  end
+end
+if not chosen then return false end
+local job = prefix .. 'job:' .. chosen
+local agent_id = ARGV[4]
+redis.call('ZREM', KEYS[1], chosen)
+redis.call('ZADD', KEYS[3], ARGV[3], chosen)
+redis.call('HINCRBY', KEYS[5], profile, 1)
+local attempt = redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', ARGV[5])
+local f = redis.call('HMGET', job, 'workspace', 'command_id', 'spec', 'timeout_ms', 'failures',
+  'backoff_base_ms', 'backoff_cap_ms')
+redis.call('HSET', prefix .. 'agent:' .. agent_id, 'agent_id', agent_id, 'job_id', chosen,
+  'attempt', attempt, 'profile', profile, 'workspace', f[1], 'command_id', f[2],
+  'state', 'spawning', 'created_at_ms', now, 'owner', ARGV[5])
+redis.call('RPUSH', job .. ':attempts', agent_id)
+redis.call('ZADD', KEYS[6], now, agent_id)
+event(KEYS[7], ARGV[7], 'kind', 'job.started', 'job_id', chosen, 'workspace', f[1],
+  'agent_id', agent_id, 'attempt', attempt, 'state', 'assigned', 'at_ms', now)
+event(KEYS[7], ARGV[7], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
+  'workspace', f[1], 'from', '', 'to', 'spawning', 'at_ms', now)
+return {chosen, agent_id, attempt, profile, f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+";
+
+const ATTEMPT_RUNNING: &str = r"
+-- KEYS: job, agent, events
+-- ARGV: job id, agent id, now, pid, process start time, maxlen
+local current = redis.call('HGET', KEYS[2], 'state')
+if current ~= 'spawning' then return {0, current or ''} end
+local j = redis.call('HMGET', KEYS[1], 'state', 'current_agent', 'workspace')
+if j[1] ~= 'assigned' or j[2] ~= ARGV[2] then return {0, 'job ' .. (j[1] or 'missing')} end
+redis.call('HSET', KEYS[2], 'state', 'running', 'started_at_ms', ARGV[3], 'pid', ARGV[4],
+  'proc_start', ARGV[5])
+redis.call('HSET', KEYS[1], 'state', 'executing')
+event(KEYS[3], ARGV[6], 'kind', 'agent.lifecycle', 'job_id', ARGV[1], 'agent_id', ARGV[2],
+  'workspace', j[3], 'from', 'spawning', 'to', 'running', 'at_ms', ARGV[3])
+event(KEYS[3], ARGV[6], 'kind', 'job.status', 'job_id', ARGV[1], 'workspace', j[3],
+  'state', 'executing', 'at_ms', ARGV[3])
+return {1, 'spawning'}
+";
+
+const ATTEMPT_END: &str = r"
+-- KEYS: job, agent, active, pending, delayed, done:completed, done:failed, done:cancelled,
+--       running-by-profile, events
+-- ARGV: job id, agent id, now, outcome (completed|failed|killed|interrupted), retry delay ms,
+--       error, exit code, signal, output tail, maxlen
+local current = redis.call('HGET', KEYS[2], 'state')
+if current ~= 'spawning' and current ~= 'running' then return {0, current or ''} end
+local outcome, now, id = ARGV[4], ARGV[3], ARGV[1]
+local agent_state = outcome
+if outcome == 'interrupted' then agent_state = 'failed' end
+local fields = {'state', agent_state, 'finished_at_ms', now, 'error', ARGV[6],
+  'output_tail', ARGV[9]}
+if ARGV[7] ~= '' then fields[#fields + 1] = 'exit_code'; fields[#fields + 1] = ARGV[7] end
+if ARGV[8] ~= '' then fields[#fields + 1] = 'signal'; fields[#fields + 1] = ARGV[8] end
+redis.call('HSET', KEYS[2], unpack(fields))
+local j = redis.call('HMGET', KEYS[1], 'state', 'current_agent', 'profile', 'workspace',
+  'max_retries', 'priority', 'seq')
+event(KEYS[10], ARGV[10], 'kind', 'agent.lifecycle', 'job_id', id, 'agent_id', ARGV[2],
+  'workspace', j[4] or '', 'from', current, 'to', agent_state, 'at_ms', now)
+if (j[1] ~= 'assigned' and j[1] ~= 'executing') or j[2] ~= ARGV[2] then
+  return {1, j[1] or ''}
+end
+redis.call('ZREM', KEYS[3], id)
+redis.call('HINCRBY', KEYS[9], j[3], -1)
+redis.call('HDEL', KEYS[1], 'owner')
+local next, kind = 'pending', 'job.status'
+if outcome == 'completed' then
+  next, kind = 'completed', 'job.completed'
+  redis.call('ZADD', KEYS[6], now, id)
+elseif outcome == 'killed' then
+  next, kind = 'cancelled', 'job.cancelled'
+  redis.call('ZADD', KEYS[8], now, id)
+elseif outcome == 'interrupted' then
+  redis.call('ZADD', KEYS[4], pending_score(j[6], j[7]), id)
+else
+  local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+  if failures <= tonumber(j[5]) then
+    next, kind = 'delayed', 'job.retry'
+    local ready = tonumber(now) + tonumber(ARGV[5])
+    redis.call('ZADD', KEYS[5], ready, id)
+    redis.call('HSET', KEYS[1], 'ready_at_ms', ready)
+  else
+    next, kind = 'failed', 'job.failed'
+    redis.call('ZADD', KEYS[7], now, id)
+  end
+end
+redis.call('HSET', KEYS[1], 'state', next)
+if outcome ~= 'completed' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
+if next == 'completed' or next == 'failed' or next == 'cancelled' then
+  redis.call('HSET', KEYS[1], 'finished_at_ms', now)
+end
+event(KEYS[10], ARGV[10], 'kind', kind, 'job_id', id, 'workspace', j[4], 'agent_id', ARGV[2],
+  'state', next, 'error', ARGV[6], 'at_ms', now)
+return {1, next}
+";
+
+const REMOVE: &str = r"
+-- KEYS: job, pending, delayed, done:cancelled, events
+-- ARGV: job id, now, reason, maxlen
+local s = redis.call('HGET', KEYS[1], 'state')
+if not s then return {-1, ''} end
+if s ~= 'pending' and s ~= 'delayed' then return {0, s} end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', ARGV[3], 'finished_at_ms', ARGV[2])
+event(KEYS[5], ARGV[4], 'kind', 'job.cancelled', 'job_id', ARGV[1],
+  'workspace', redis.call('HGET', KEYS[1], 'workspace'), 'state', 'cancelled',
+  'error', ARGV[3], 'at_ms', ARGV[2])
+return {1, s}
+";
+
+const RENEW: &str = r"
+-- KEYS: active
+-- ARGV: prefix, owner, lease_until, then job ids
+local renewed = 0
+for i = 4, #ARGV do
+  if redis.call('HGET', ARGV[1] .. 'job:' .. ARGV[i], 'owner') == ARGV[2] then
+    renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[3], ARGV[i])
+  end
+end
+return renewed
+";
+
+const TRIM: &str = r"
+-- KEYS: done:completed, done:failed, done:cancelled, jobs index, agents index
+-- ARGV: prefix, cutoff_ms, max per state, batch
+local removed = 0
+local batch = tonumber(ARGV[4])
+for k = 1, 3 do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[2], 'LIMIT', 0, batch)
+  local excess = redis.call('ZCARD', KEYS[k]) - #ids - tonumber(ARGV[3])
+  if excess > 0 then
+    local oldest = redis.call('ZRANGE', KEYS[k], #ids, #ids + math.min(excess, batch) - 1)
+    for _, id in ipairs(oldest) do ids[#ids + 1] = id end
+  end
+  for _, id in ipairs(ids) do
+    local job = ARGV[1] .. 'job:' .. id
+    for _, agent in ipairs(redis.call('LRANGE', job .. ':attempts', 0, -1)) do
+      redis.call('DEL', ARGV[1] .. 'agent:' .. agent)
+      redis.call('ZREM', KEYS[5], agent)
+    end
+    redis.call('DEL', job, job .. ':attempts')
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZREM', KEYS[k], id)
+    removed = removed + 1
+  end
+end
+return removed
+";
+
+/// A job to enqueue; its spec (what to run) is opaque to the queue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_id: JobId,
+    pub workspace: WorkspaceId,
+    pub profile: ProfileName,
+    pub command_id: CommandId,
+    /// What to launch, encoded by the caller (`job::JobSpec` as JSON).
+    pub spec: String,
+    pub options: JobOptions,
+    pub created_at_ms: i64,
+}
+
+/// An attempt that dispatch just created, with what is needed to launch it.
+#[derive(Debug, Clone)]
+pub struct Dispatched {
+    pub job_id: JobId,
+    pub agent_id: AgentId,
+    pub attempt: u32,
+    pub profile: ProfileName,
+    pub workspace: WorkspaceId,
+    pub command_id: CommandId,
+    pub spec: String,
+    pub attempt_timeout: Option<Duration>,
+    /// Failures before this attempt; the next failure is number `failures + 1`.
+    pub failures: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0: the job completes.
+    Completed,
+    /// Failed, timed out, or lost with a crashed spoke: retried while retries remain.
+    Failed,
+    /// Killed on request: the job is cancelled, never retried.
+    Killed,
+    /// Ended by a spoke shutdown: the job goes back to the queue without counting a failure.
+    Interrupted,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Killed => "killed",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Everything recorded when an attempt ends.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    pub outcome: Outcome,
+    /// Used only if the outcome is a failure that will be retried.
+    pub retry_delay: Duration,
+    pub error: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub output_tail: String,
+}
+
+/// The result of a script that guards a transition.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Guarded {
+    /// Applied; carries the state the job (or attempt) is in now.
+    Applied(String),
+    /// Refused because of the current state, which it carries.
+    Refused(String),
+    Missing,
+}
+
+fn guarded(code: i64, state: String) -> Guarded {
+    match code {
+        1 => Guarded::Applied(state),
+        0 => Guarded::Refused(state),
+        _ => Guarded::Missing,
+    }
+}
+
+/// Counts of jobs by queue position and state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub pending: u64,
+    pub delayed: u64,
+    pub active: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub paused: bool,
+}
+
+/// An active job whose attempt's lease has run out.
+#[derive(Debug, Clone)]
+pub struct ExpiredLease {
+    pub job_id: JobId,
+    pub agent_id: Option<AgentId>,
+    pub owner: String,
+}
+
+/// The queue's scripts, loaded once per store.
+#[derive(Clone)]
+pub(super) struct QueueScripts {
+    enqueue: Script,
+    dispatch: Script,
+    running: Script,
+    end: Script,
+    remove: Script,
+    renew: Script,
+    trim: Script,
+}
+
+impl QueueScripts {
+    pub(super) fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        QueueScripts {
+            enqueue: s(ENQUEUE),
+            dispatch: s(DISPATCH),
+            running: s(ATTEMPT_RUNNING),
+            end: s(ATTEMPT_END),
+            remove: s(REMOVE),
+            renew: s(RENEW),
+            trim: s(TRIM),
+        }
+    }
+}
+
+fn done_keys(keys: &Keys) -> [String; 3] {
+    [
+        keys.done(JobState::Completed),
+        keys.done(JobState::Failed),
+        keys.done(JobState::Cancelled),
+    ]
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Store {
+    /// Puts a job in the queue: `pending`, or `delayed` if its not-before time is in the future.
+    pub async fn enqueue(&self, job: &NewJob, now_ms: i64) -> Result<JobState, StoreError> {
+        let mut con = self.con.clone();
+        let o = &job.options;
+        let ready_at = o.not_before_ms.unwrap_or(now_ms).max(now_ms);
+        let mut inv = self.queue.enqueue.prepare_invoke();
+        inv.key(self.keys.job(job.job_id.as_str()))
+            .key(self.keys.jobs())
+            .key(self.keys.pending())
+            .key(self.keys.delayed())
+            .key(self.keys.seq())
+            .key(self.keys.events())
+            .arg(job.job_id.as_str())
+            .arg(now_ms)
+            .arg(ready_at)
+            .arg(o.priority)
+            .arg(job.workspace.as_str())
+            .arg(EVENTS_MAXLEN);
+        let timeout = o.attempt_timeout.map_or(0, ms);
+        for (f, v) in [
+            ("job_id", job.job_id.to_string()),
+            ("workspace", job.workspace.to_string()),
+            ("profile", job.profile.to_string()),
+            ("command_id", job.command_id.to_string()),
+            ("spec", job.spec.clone()),
+            ("priority", o.priority.to_string()),
+            ("max_retries", o.max_retries.to_string()),
+            ("backoff_base_ms", ms(o.backoff_base).to_string()),
+            ("backoff_cap_ms", ms(o.backoff_cap).to_string()),
+            ("timeout_ms", timeout.to_string()),
+            ("created_at_ms", job.created_at_ms.to_string()),
+        ] {
+            inv.arg(f).arg(v);
+        }
+        let state: String = inv.invoke_async(&mut con).await?;
+        self.parse_job_state(job.job_id.as_str(), &state)
+    }
+
+    /// Promotes due delayed jobs, then, unless paused or full, takes the first pending job whose
+    /// profile has a free slot and creates its next attempt (in `spawning`) under `agent_id`.
+    pub async fn dispatch(
+        &self,
+        now_ms: i64,
+        lease: Duration,
+        agent_id: &AgentId,
+        owner: &str,
+        total_limit: usize,
+        profile_limits: &[(ProfileName, usize)],
+    ) -> Result<Option<Dispatched>, StoreError> {
+        let mut con = self.con.clone();
+        let mut inv = self.queue.dispatch.prepare_invoke();
+        inv.key(self.keys.pending())
+            .key(self.keys.delayed())
+            .key(self.keys.active())
+            .key(self.keys.paused())
+            .key(self.keys.running_by_profile())
+            .key(self.keys.agents())
+            .key(self.keys.events())
+            .arg(self.keys.prefix())
+            .arg(now_ms)
+            .arg(now_ms + ms(lease) as i64)
+            .arg(agent_id.as_str())
+            .arg(owner)
+            .arg(total_limit)
+            .arg(EVENTS_MAXLEN)
+            .arg(DISPATCH_SCAN)
+            .arg(PROMOTE_BATCH);
+        for (profile, limit) in profile_limits {
+            inv.arg(profile.as_str()).arg(*limit);
+        }
+        let reply: Option<Vec<String>> = inv.invoke_async(&mut con).await?;
+        let Some(f) = reply else { return Ok(None) };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: self.keys.job(f.first().map_or("", String::as_str)),
+            reason,
+        };
+        let [
+            job,
+            agent,
+            attempt,
+            profile,
+            workspace,
+            command,
+            spec,
+            timeout,
+            failures,
+            base,
+            cap,
+        ] = <[String; 11]>::try_from(f.clone())
+            .map_err(|_| corrupt("dispatch reply has the wrong shape".into()))?;
+        let num = |v: &str, what: &str| -> Result<u64, StoreError> {
+            v.parse::<u64>()
+                .map_err(|_| corrupt(format!("{what} is not a number")))
+        };
+        let id = |e: mosaic_shared::ids::IdError| corrupt(e.to_string());
+        let timeout = num(&timeout, "timeout_ms")?;
+        Ok(Some(Dispatched {
+            job_id: job.parse().map_err(id)?,
+            agent_id: agent.parse().map_err(id)?,
+            attempt: num(&attempt, "attempts")? as u32,
+            profile: profile.parse().map_err(id)?,
+            workspace: workspace.parse().map_err(id)?,
+            command_id: command.parse().map_err(id)?,
+            spec,
+            attempt_timeout: (timeout > 0).then(|| Duration::from_millis(timeout)),
+            failures: num(&failures, "failures")? as u32,
+            backoff_base: Duration::from_millis(num(&base, "backoff_base_ms")?),
+            backoff_cap: Duration::from_millis(num(&cap, "backoff_cap_ms")?),
+        }))
+    }
+
+    /// spawning → running for the attempt, assigned → executing for its job.
+    pub async fn attempt_running(
+        &self,
+        job: &JobId,
+        agent: &AgentId,
+        now_ms: i64,
+        pid: u32,
+        proc_start: u64,
+    ) -> Result<Guarded, StoreError> {
+        let mut con = self.con.clone();
+        let (code, state): (i64, String) = self
+            .queue
+            .running
+            .key(self.keys.job(job.as_str()))
+            .key(self.keys.agent(agent))
+            .key(self.keys.events())
+            .arg(job.as_str())
+            .arg(agent.as_str())
+            .arg(now_ms)
+            .arg(pid)
+            .arg(proc_start)
+            .arg(EVENTS_MAXLEN)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(guarded(code, state))
+    }
+
+    /// Ends an attempt and moves its job on: completed, cancelled, back to pending, into a
+    /// retry backoff, or failed. Returns the job's new state.
+    pub async fn attempt_ended(
+        &self,
+        job: &JobId,
+        agent: &AgentId,
+        now_ms: i64,
+        end: &AttemptEnd,
+    ) -> Result<Guarded, StoreError> {
+        let mut con = self.con.clone();
+        let [done_completed, done_failed, done_cancelled] = done_keys(&self.keys);
+        let (code, state): (i64, String) = self
+            .queue
+            .end
+            .key(self.keys.job(job.as_str()))
+            .key(self.keys.agent(agent))
+            .key(self.keys.active())
+            .key(self.keys.pending())
+            .key(self.keys.delayed())
+            .key(done_completed)
+            .key(done_failed)
+            .key(done_cancelled)
+            .key(self.keys.running_by_profile())
+            .key(self.keys.events())
+            .arg(job.as_str())
+            .arg(agent.as_str())
+            .arg(now_ms)
+            .arg(end.outcome.as_str())
+            .arg(ms(end.retry_delay))
+            .arg(&end.error)
+            .arg(end.exit_code.map(|c| c.to_string()).unwrap_or_default())
+            .arg(end.signal.map(|s| s.to_string()).unwrap_or_default())
+            .arg(&end.output_tail)
+            .arg(EVENTS_MAXLEN)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(guarded(code, state))
+    }
+
+    /// Cancels a job that is still waiting (pending or delayed); refuses one that runs.
+    pub async fn remove_job(
+        &self,
+        job: &JobId,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<Guarded, StoreError> {
+        let mut con = self.con.clone();
+        let (code, state): (i64, String) = self
+            .queue
+            .remove
+            .key(self.keys.job(job.as_str()))
+            .key(self.keys.pending())
+            .key(self.keys.delayed())
+            .key(self.keys.done(JobState::Cancelled))
+            .key(self.keys.events())
+            .arg(job.as_str())
+            .arg(now_ms)
+            .arg(reason)
+            .arg(EVENTS_MAXLEN)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(guarded(code, state))
+    }
+
+    /// Stops (or restarts) dispatch; running attempts are not touched.
+    pub async fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        if paused {
+            let _: () = con.set(self.keys.paused(), 1).await?;
+        } else {
+            let _: () = con.del(self.keys.paused()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
+        let mut con = self.con.clone();
+        let [c, f, x] = done_keys(&self.keys);
+        let (pending, delayed, active, completed, failed, cancelled, paused): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            bool,
+        ) = redis::pipe()
+            .zcard(self.keys.pending())
+            .zcard(self.keys.delayed())
+            .zcard(self.keys.active())
+            .zcard(c)
+            .zcard(f)
+            .zcard(x)
+            .exists(self.keys.paused())
+            .query_async(&mut con)
+            .await?;
+        Ok(QueueCounts {
+            pending,
+            delayed,
+            active,
+            completed,
+            failed,
+            cancelled,
+            paused,
+        })
+    }
+
+    /// When the earliest delayed job becomes due (unix ms), if any.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        let mut con = self.con.clone();
+        let first: Vec<(String, f64)> = con.zrange_withscores(self.keys.delayed(), 0, 0).await?;
+        Ok(first.first().map(|(_, score)| *score as i64))
+    }
+
+    /// Extends the leases of `jobs` that `owner` holds.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        jobs: &[JobId],
+        until_ms: i64,
+    ) -> Result<u64, StoreError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut con = self.con.clone();
+        let mut inv = self.queue.renew.prepare_invoke();
+        inv.key(self.keys.active())
+            .arg(self.keys.prefix())
+            .arg(owner)
+            .arg(until_ms);
+        for j in jobs {
+            inv.arg(j.as_str());
+        }
+        Ok(inv.invoke_async(&mut con).await?)
+    }
+
+    /// Active jobs whose lease ran out before `now_ms`, with their current attempt and owner.
+    pub async fn expired_leases(&self, now_ms: i64) -> Result<Vec<ExpiredLease>, StoreError> {
+        let mut con = self.con.clone();
+        let ids: Vec<String> = con
+            .zrangebyscore_limit(self.keys.active(), "-inf", format!("({now_ms}"), 0, 1000)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (agent, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(self.keys.job(&id))
+                .arg("current_agent")
+                .arg("owner")
+                .query_async(&mut con)
+                .await?;
+            let corrupt = |e: mosaic_shared::ids::IdError| StoreError::Corrupt {
+                key: self.keys.job(&id),
+                reason: e.to_string(),
+            };
+            out.push(ExpiredLease {
+                agent_id: agent.map(|a| a.parse()).transpose().map_err(corrupt)?,
+                job_id: id.parse().map_err(corrupt)?,
+                owner: owner.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes finished jobs (and their attempts) older than `max_age` or beyond the newest
+    /// `max_per_state` of each terminal state; returns how many, at most one batch per state.
+    pub async fn trim_finished(
+        &self,
+        now_ms: i64,
+        max_age: Duration,
+        max_per_state: usize,
+    ) -> Result<u64, StoreError> {
+        let mut con = self.con.clone();
+        let [c, f, x] = done_keys(&self.keys);
+        Ok(self
+            .queue
+            .trim
+            .key(c)
+            .key(f)
+            .key(x)
+            .key(self.keys.jobs())
+            .key(self.keys.agents())
+            .arg(self.keys.prefix())
+            .arg(now_ms - ms(max_age) as i64)
+            .arg(max_per_state)
+            .arg(TRIM_BATCH)
+            .invoke_async(&mut con)
+            .await?)
+    }
+
+    /// A job's record and its attempts' ids, oldest first.
+    pub async fn job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let key = self.keys.job(id.as_str());
+        let (h, attempts): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .hgetall(&key)
+            .lrange(self.keys.job_attempts(id.as_str()), 0, -1)
+            .query_async(&mut con)
+            .await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        JobRecord::from_hash(&key, h, attempts).map(Some)
+    }
+
+    fn parse_job_state(&self, id: &str, s: &str) -> Result<JobState, StoreError> {
+        s.parse().map_err(|reason| StoreError::Corrupt {
+            key: self.keys.job(id),
+            reason,
+        })
+    }
+}
+
+/// A job as recorded in Valkey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub job_id: JobId,
+    pub workspace: WorkspaceId,
+    pub profile: ProfileName,
+    pub command_id: CommandId,
+    pub state: JobState,
+    pub priority: u8,
+    pub attempts: u32,
+    pub failures: u32,
+    pub max_retries: u32,
+    pub created_at_ms: i64,
+    /// When a delayed job becomes (or became) ready.
+    pub ready_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub error: String,
+    pub spec: String,
+    /// Attempt (agent) ids, oldest first.
+    pub attempt_ids: Vec<AgentId>,
+}
+
+impl JobRecord {
+    fn from_hash(
+        key: &str,
+        mut h: HashMap<String, String>,
+        attempts: Vec<String>,
+    ) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason,
+        };
+        let mut take = |f: &str| h.remove(f).ok_or_else(|| corrupt(format!("missing {f}")));
+        let text = |v: Result<String, StoreError>| v;
+        let num = |v: String, f: &str| -> Result<i64, StoreError> {
+            v.parse()
+                .map_err(|_| corrupt(format!("{f} is not a number")))
+        };
+        let job_id = text(take("job_id"))?;
+        let workspace = take("workspace")?;
+        let profile = take("profile")?;
+        let command_id = take("command_id")?;
+        let state = take("state")?;
+        let priority = take("priority")?;
+        let attempts_n = take("attempts")?;
+        let failures = take("failures")?;
+        let max_retries = take("max_retries")?;
+        let created = take("created_at_ms")?;
+        let ready = take("ready_at_ms")?;
+        let spec = take("spec")?;
+        let finished = h.remove("finished_at_ms");
+        let error = h.remove("error").unwrap_or_default();
+        let idc = |e: mosaic_shared::ids::IdError| corrupt(e.to_string());
+        Ok(JobRecord {
+            job_id: job_id.parse().map_err(idc)?,
+            workspace: workspace.parse().map_err(idc)?,
+            profile: profile.parse().map_err(idc)?,
+            command_id: command_id.parse().map_err(idc)?,
+            state: state.parse().map_err(corrupt)?,
+            priority: num(priority, "priority")? as u8,
+            attempts: num(attempts_n, "attempts")? as u32,
+            failures: num(failures, "failures")? as u32,
+            max_retries: num(max_retries, "max_retries")? as u32,
+            created_at_ms: num(created, "created_at_ms")?,
+            ready_at_ms: num(ready, "ready_at_ms")?,
+            finished_at_ms: finished.map(|f| num(f, "finished_at_ms")).transpose()?,
+            error,
+            spec,
+            attempt_ids: attempts
+                .into_iter()
+                .map(|a| a.parse().map_err(idc))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
