@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mosaic_shared::config::Env;
-use mosaic_shared::ids::{AgentId, CommandId, HubId, ProfileName, SpokeId, WorkspaceId};
+use mosaic_shared::ids::{CommandId, HubId, JobId, ProfileName, SpokeId, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::KeyPair;
 use mosaic_shared::time::unix_ms;
@@ -25,16 +25,21 @@ Examples:
   mosaic-hub keygen --out keys/hub                 write keys/hub.pem and keys/hub.pub.pem
   mosaic-hub certs init --out pki --trust-domain mosaic.local --hub hub --spoke spoke-a
   mosaic-hub -c hub.toml spawn --spoke spoke-a --profile echo --workspace demo --wait -- hello
-  mosaic-hub -c hub.toml status --spoke spoke-a 0193...
-  mosaic-hub -c hub.toml kill --spoke spoke-a 0193...
+  mosaic-hub -c hub.toml spawn --spoke spoke-a --profile shell --workspace demo \
+      --priority 9 --max-retries 2 --backoff-base 500ms --timeout 10m -- 'make test'
+  mosaic-hub -c hub.toml spawn --spoke spoke-a --profile echo --workspace demo --delay 30s -- later
+  mosaic-hub -c hub.toml status --spoke spoke-a <job id or agent id>
+  mosaic-hub -c hub.toml kill --spoke spoke-a <job id or agent id>
+  mosaic-hub -c hub.toml queue stats --spoke spoke-a
+  mosaic-hub -c hub.toml queue pause --spoke spoke-a
   mosaic-hub -c hub.toml --output json spokes
 
 Exit codes:
-  0  success (for spawn --wait: the agent completed)
+  0  success (for spawn --wait: the job completed)
   1  error: config, connection, or the spoke refused the command
   2  usage error
-  3  spawn --wait: the agent failed or was killed
-  4  the agent does not exist on that spoke
+  3  spawn --wait: the job failed or was cancelled
+  4  the job or agent does not exist on that spoke
 
 Environment:
   MOSAIC_HUB_CONFIG               path to hub.toml (instead of --config)
@@ -80,14 +85,38 @@ pub enum Command {
     /// Development PKI: a CA and a certificate per hub and spoke.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Start an agent on a spoke from one of its profiles.
+    /// Queue a job on a spoke that runs an agent from one of its profiles, retried on failure.
     Spawn(SpawnArgs),
-    /// Show an agent's state, times, exit code or signal, error and output tail.
-    Status(AgentArgs),
-    /// Kill an agent: SIGTERM to its process group, SIGKILL after the profile's grace.
-    Kill(AgentArgs),
-    /// List configured spokes with their reachability, version and profiles.
+    /// Show a job (by job id or the agent id of an attempt): state, attempts, exit codes,
+    /// errors and the last attempt's output tail.
+    Status(JobArgs),
+    /// Cancel a job: remove it if it waits; otherwise SIGTERM its attempt's process group, then
+    /// SIGKILL after the profile's grace. A cancelled job is never retried.
+    Kill(JobArgs),
+    /// Operate a spoke's queue: counts, pause and resume dispatch, remove a waiting job.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// List configured spokes with their reachability, version, profiles and queue.
     Spokes,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Jobs by state: pending, delayed, active, completed, failed, cancelled; and whether paused.
+    Stats(SpokeArg),
+    /// Stop starting jobs; running attempts continue.
+    Pause(SpokeArg),
+    /// Start jobs again.
+    Resume(SpokeArg),
+    /// Remove a pending or delayed job (it ends cancelled); a running job needs `kill`.
+    Remove(JobArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SpokeArg {
+    /// The spoke whose queue to operate.
+    #[arg(long)]
+    pub spoke: SpokeId,
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,7 +149,7 @@ pub struct SpawnArgs {
     /// Agent profile configured on that spoke.
     #[arg(long)]
     pub profile: ProfileName,
-    /// Workspace the agent belongs to.
+    /// Workspace the job belongs to.
     #[arg(long)]
     pub workspace: WorkspaceId,
     /// Working directory relative to the profile's root.
@@ -134,7 +163,28 @@ pub struct SpawnArgs {
     /// nothing.
     #[arg(long)]
     pub command_id: Option<CommandId>,
-    /// Wait until the agent ends and show its final state.
+    /// Priority 1-10 (10 runs first; FIFO within a priority). Default: the spoke's.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub priority: Option<u32>,
+    /// Run no earlier than this long from now (e.g. 500ms, 30s, 5m, 2h).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "not_before")]
+    pub delay: Option<Duration>,
+    /// Run no earlier than this time (RFC 3339, e.g. 2026-11-23T18:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub not_before: Option<i64>,
+    /// Retries after the first attempt fails (0: never). Default: the spoke's.
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// First retry delay; each further retry doubles it up to --backoff-cap (less up to 20%
+    /// jitter). Default: the spoke's.
+    #[arg(long, value_parser = parse_duration)]
+    pub backoff_base: Option<Duration>,
+    #[arg(long, value_parser = parse_duration)]
+    pub backoff_cap: Option<Duration>,
+    /// Kill an attempt that runs longer than this; it counts as a failure.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Wait until the job ends and show its final state.
     #[arg(long)]
     pub wait: bool,
     /// Arguments for the agent, after the profile's fixed arguments (put them after `--`).
@@ -143,12 +193,37 @@ pub struct SpawnArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct AgentArgs {
-    /// Spoke the agent runs on.
+pub struct JobArgs {
+    /// Spoke the job is on.
     #[arg(long)]
     pub spoke: SpokeId,
-    /// The agent id printed by spawn.
-    pub agent_id: AgentId,
+    /// The job id printed by spawn, or the agent id of one of its attempts.
+    pub id: JobId,
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, or a bare number of milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m or 2h"))?;
+    let ms = match unit {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// An RFC 3339 time as unix milliseconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-11-23T18:00:00Z: {e}"))?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -248,12 +323,20 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             let hub = load_config(cli.config, env)?;
             let client = dial(&hub, &args.spoke).await?;
             let id = args.command_id.clone().unwrap_or_else(CommandId::generate);
+            let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
             let action = pb::command::Action::Spawn(pb::Spawn {
                 profile: args.profile.to_string(),
                 workspace: args.workspace.to_string(),
                 args: args.args,
                 env: args.env.into_iter().collect(),
                 workdir: args.workdir,
+                priority: args.priority,
+                delay_ms: ms(args.delay),
+                not_before_ms: args.not_before,
+                max_retries: args.max_retries,
+                backoff_base_ms: ms(args.backoff_base),
+                backoff_cap_ms: ms(args.backoff_cap),
+                attempt_timeout_ms: ms(args.timeout),
             });
             let started = Instant::now();
             let envelope = hub.signer.seal(&id, &args.spoke, action, unix_ms());
@@ -262,21 +345,61 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(spoke_error)?;
             let round_trip = started.elapsed();
-            let mut agent = receipt.agent.clone();
+            let mut job = expect_job(&receipt)?.clone();
             if args.wait {
-                agent = wait_for_end(&hub, &client, &agent.agent_id).await?;
+                job = wait_for_end(&hub, &client, &job.job_id).await?;
             }
-            print_agent(output, &receipt, &agent, Some(round_trip));
-            Ok(
-                if !args.wait || agent.state() == pb::AgentState::Completed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(3)
-                },
-            )
+            print_job(output, &receipt, &job, Some(round_trip));
+            Ok(if !args.wait || job.state() == pb::JobState::Completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
-        Command::Status(args) => agent_verb(cli.config, env, output, args, false).await,
-        Command::Kill(args) => agent_verb(cli.config, env, output, args, true).await,
+        Command::Status(args) => {
+            let action = pb::command::Action::Status(pb::Status {
+                id: args.id.to_string(),
+            });
+            job_verb(cli.config, env, output, &args.spoke, action).await
+        }
+        Command::Kill(args) => {
+            let action = pb::command::Action::Kill(pb::Kill {
+                id: args.id.to_string(),
+            });
+            job_verb(cli.config, env, output, &args.spoke, action).await
+        }
+        Command::Queue(QueueCommand::Remove(args)) => {
+            let action = pb::command::Action::RemoveJob(pb::RemoveJob {
+                job_id: args.id.to_string(),
+            });
+            job_verb(cli.config, env, output, &args.spoke, action).await
+        }
+        Command::Queue(q) => {
+            let (spoke, action) = match q {
+                QueueCommand::Stats(s) => {
+                    (s.spoke, pb::command::Action::QueueStats(pb::QueueStats {}))
+                }
+                QueueCommand::Pause(s) => {
+                    (s.spoke, pb::command::Action::PauseQueue(pb::PauseQueue {}))
+                }
+                QueueCommand::Resume(s) => (
+                    s.spoke,
+                    pb::command::Action::ResumeQueue(pb::ResumeQueue {}),
+                ),
+                QueueCommand::Remove(_) => unreachable!("handled above"),
+            };
+            let hub = load_config(cli.config, env)?;
+            let client = dial(&hub, &spoke).await?;
+            let receipt = client
+                .execute(&hub.signer, action)
+                .await
+                .map_err(spoke_error)?;
+            let q = receipt
+                .queue()
+                .ok_or("the spoke answered a queue command without queue counts")?;
+            emit(output, &queue_json(&spoke, q), || queue_text(&spoke, q));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Spokes => {
             let hub = load_config(cli.config, env)?;
             let mut rows = Vec::new();
@@ -292,11 +415,12 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
                         "spoke": entry.id.to_string(), "address": entry.address, "reachable": true,
                         "rtt_ms": (rtt_ms * 10.0).round() / 10.0, "version": i.version,
                         "profiles": i.profiles, "receipt_key_id": i.receipt_key_id, "error": null,
+                        "queue": i.queue.map(|q| queue_json(&entry.id, &q)),
                     }),
                     Err(e) => serde_json::json!({
                         "spoke": entry.id.to_string(), "address": entry.address, "reachable": false,
                         "rtt_ms": null, "version": null, "profiles": [], "receipt_key_id": null,
-                        "error": e.to_string(),
+                        "error": e.to_string(), "queue": null,
                     }),
                 });
             }
@@ -308,62 +432,60 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
     }
 }
 
-async fn agent_verb(
+async fn job_verb(
     config: Option<PathBuf>,
     env: &Env,
     output: Output,
-    args: AgentArgs,
-    kill: bool,
+    spoke: &SpokeId,
+    action: pb::command::Action,
 ) -> Result<ExitCode, CliError> {
     let hub = load_config(config, env)?;
-    let client = dial(&hub, &args.spoke).await?;
-    let action = if kill {
-        pb::command::Action::Kill(pb::Kill {
-            agent_id: args.agent_id.to_string(),
-        })
-    } else {
-        pb::command::Action::Status(pb::Status {
-            agent_id: args.agent_id.to_string(),
-        })
-    };
+    let client = dial(&hub, spoke).await?;
     let receipt = client
         .execute(&hub.signer, action)
         .await
         .map_err(spoke_error)?;
-    print_agent(output, &receipt, &receipt.agent, None);
+    print_job(output, &receipt, expect_job(&receipt)?, None);
     Ok(ExitCode::SUCCESS)
 }
 
-/// Polls status until the agent is terminal. Status commands are cheap and each is signed and
+fn expect_job(receipt: &Receipt) -> Result<&pb::JobStatus, CliError> {
+    receipt
+        .job()
+        .ok_or_else(|| "the spoke answered without a job".into())
+}
+
+/// Polls status until the job is terminal. Status commands are cheap and each is signed and
 /// receipted like any other.
 async fn wait_for_end(
     hub: &HubConfig,
     client: &SpokeClient,
-    agent_id: &str,
-) -> Result<pb::AgentStatus, CliError> {
+    job_id: &str,
+) -> Result<pb::JobStatus, CliError> {
     let mut delay = Duration::from_millis(20);
     loop {
         let receipt = client
             .execute(
                 &hub.signer,
                 pb::command::Action::Status(pb::Status {
-                    agent_id: agent_id.to_owned(),
+                    id: job_id.to_owned(),
                 }),
             )
             .await
             .map_err(spoke_error)?;
-        if is_terminal(receipt.agent.state()) {
-            return Ok(receipt.agent);
+        let job = expect_job(&receipt)?;
+        if is_job_terminal(job.state()) {
+            return Ok(job.clone());
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 
-pub fn is_terminal(s: pb::AgentState) -> bool {
+pub fn is_job_terminal(s: pb::JobState) -> bool {
     matches!(
         s,
-        pb::AgentState::Completed | pb::AgentState::Failed | pb::AgentState::Killed
+        pb::JobState::Completed | pb::JobState::Failed | pb::JobState::Cancelled
     )
 }
 
@@ -392,13 +514,11 @@ fn emit(output: Output, json: &serde_json::Value, text: impl FnOnce() -> String)
     }
 }
 
-/// The JSON form of an agent, shared by `--output json` and the dev demo.
-pub fn agent_json(spoke: &SpokeId, a: &pb::AgentStatus) -> serde_json::Value {
+/// The JSON form of an attempt.
+pub fn agent_json(a: &pb::AgentStatus) -> serde_json::Value {
     serde_json::json!({
-        "spoke": spoke.to_string(),
         "agent_id": a.agent_id,
-        "profile": a.profile,
-        "workspace": a.workspace,
+        "attempt": a.attempt,
         "state": state_name(a.state()),
         "created_at_ms": a.created_at_ms,
         "started_at_ms": a.started_at_ms,
@@ -407,8 +527,29 @@ pub fn agent_json(spoke: &SpokeId, a: &pb::AgentStatus) -> serde_json::Value {
         "signal": a.signal,
         "error": a.error,
         "pid": a.pid,
-        "command_id": a.command_id,
         "output_tail": a.output_tail,
+    })
+}
+
+/// The JSON form of a job with its attempts, shared by `--output json` and the dev demo.
+pub fn job_json(spoke: &SpokeId, j: &pb::JobStatus) -> serde_json::Value {
+    serde_json::json!({
+        "spoke": spoke.to_string(),
+        "job_id": j.job_id,
+        "profile": j.profile,
+        "workspace": j.workspace,
+        "state": job_state_name(j.state()),
+        "queue_paused": j.queue_paused,
+        "priority": j.priority,
+        "attempts": j.attempts,
+        "failures": j.failures,
+        "max_retries": j.max_retries,
+        "created_at_ms": j.created_at_ms,
+        "ready_at_ms": j.ready_at_ms,
+        "finished_at_ms": j.finished_at_ms,
+        "error": j.error,
+        "command_id": j.command_id,
+        "attempt_history": j.attempt_history.iter().map(agent_json).collect::<Vec<_>>(),
     })
 }
 
@@ -423,8 +564,21 @@ pub fn state_name(s: pb::AgentState) -> &'static str {
     }
 }
 
-fn print_agent(output: Output, receipt: &Receipt, a: &pb::AgentStatus, rtt: Option<Duration>) {
-    let mut json = agent_json(&receipt.spoke_id, a);
+pub fn job_state_name(s: pb::JobState) -> &'static str {
+    match s {
+        pb::JobState::Unspecified => "unspecified",
+        pb::JobState::Pending => "pending",
+        pb::JobState::Delayed => "delayed",
+        pb::JobState::Assigned => "assigned",
+        pb::JobState::Executing => "executing",
+        pb::JobState::Completed => "completed",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+    }
+}
+
+fn print_job(output: Output, receipt: &Receipt, j: &pb::JobStatus, rtt: Option<Duration>) {
+    let mut json = job_json(&receipt.spoke_id, j);
     json["receipt"] = serde_json::json!({
         "command_id": receipt.command_id.to_string(),
         "key_id": receipt.signed.key_id,
@@ -433,47 +587,94 @@ fn print_agent(output: Output, receipt: &Receipt, a: &pb::AgentStatus, rtt: Opti
     if let Some(rtt) = rtt {
         json["round_trip_ms"] = serde_json::json!((rtt.as_secs_f64() * 10_000.0).round() / 10.0);
     }
-    emit(output, &json, || agent_text(&receipt.spoke_id, a));
+    emit(output, &json, || job_text(&receipt.spoke_id, j));
 }
 
-/// An agent as aligned `field  value` lines.
-pub fn agent_text(spoke: &SpokeId, a: &pb::AgentStatus) -> String {
-    let mut rows: Vec<(&str, String)> = vec![
-        ("agent", a.agent_id.clone()),
-        ("spoke", spoke.to_string()),
-        ("state", state_name(a.state()).to_owned()),
-        ("profile", a.profile.clone()),
-        ("workspace", a.workspace.clone()),
-        ("created", timestamp(a.created_at_ms)),
+/// A job as aligned `field  value` lines, one line per attempt, then the last output tail.
+pub fn job_text(spoke: &SpokeId, j: &pb::JobStatus) -> String {
+    let mut state = job_state_name(j.state()).to_owned();
+    if j.queue_paused {
+        state.push_str(" (queue paused)");
+    }
+    let mut rows: Vec<(String, String)> = vec![
+        ("job".into(), j.job_id.clone()),
+        ("spoke".into(), spoke.to_string()),
+        ("state".into(), state),
+        ("profile".into(), j.profile.clone()),
+        ("workspace".into(), j.workspace.clone()),
+        ("priority".into(), j.priority.to_string()),
+        (
+            "attempts".into(),
+            format!(
+                "{} ({} failed; up to {} retries)",
+                j.attempts, j.failures, j.max_retries
+            ),
+        ),
+        ("created".into(), timestamp(j.created_at_ms)),
     ];
-    if let Some(t) = a.started_at_ms {
-        rows.push(("started", timestamp(t)));
+    if j.state() == pb::JobState::Delayed {
+        rows.push(("ready at".into(), timestamp(j.ready_at_ms)));
     }
-    if let Some(t) = a.finished_at_ms {
-        rows.push(("finished", timestamp(t)));
+    if let Some(t) = j.finished_at_ms {
+        rows.push(("finished".into(), timestamp(t)));
     }
-    if let Some(p) = a.pid {
-        rows.push(("pid", p.to_string()));
+    if !j.error.is_empty() {
+        rows.push(("error".into(), j.error.clone()));
     }
-    if let Some(c) = a.exit_code {
-        rows.push(("exit code", c.to_string()));
-    }
-    if let Some(s) = a.signal {
-        rows.push(("signal", s.to_string()));
-    }
-    if !a.error.is_empty() {
-        rows.push(("error", a.error.clone()));
+    for a in &j.attempt_history {
+        let mut line = format!("{}  {}", a.agent_id, state_name(a.state()));
+        if let Some(c) = a.exit_code {
+            line.push_str(&format!("  exit {c}"));
+        }
+        if let Some(s) = a.signal {
+            line.push_str(&format!("  signal {s}"));
+        }
+        if let Some(p) = a.pid {
+            line.push_str(&format!("  pid {p}"));
+        }
+        if !a.error.is_empty() {
+            line.push_str(&format!("  ({})", a.error));
+        }
+        rows.push((format!("attempt {}", a.attempt), line));
     }
     let mut out = String::new();
     for (k, v) in rows {
         out.push_str(&format!("{k:<10} {v}\n"));
     }
-    if !a.output_tail.is_empty() {
+    if let Some(last) = j.attempt_history.last()
+        && !last.output_tail.is_empty()
+    {
         out.push_str("output     ");
-        out.push_str(&a.output_tail.trim_end().replace('\n', "\n           "));
+        out.push_str(&last.output_tail.trim_end().replace('\n', "\n           "));
         out.push('\n');
     }
     out
+}
+
+pub fn queue_json(spoke: &SpokeId, q: &pb::QueueCounts) -> serde_json::Value {
+    serde_json::json!({
+        "spoke": spoke.to_string(),
+        "paused": q.paused,
+        "pending": q.pending,
+        "delayed": q.delayed,
+        "active": q.active,
+        "completed": q.completed,
+        "failed": q.failed,
+        "cancelled": q.cancelled,
+    })
+}
+
+fn queue_text(spoke: &SpokeId, q: &pb::QueueCounts) -> String {
+    format!(
+        "spoke      {spoke}\ndispatch   {}\npending    {}\ndelayed    {}\nactive     {}\ncompleted  {}\nfailed     {}\ncancelled  {}\n",
+        if q.paused { "paused" } else { "running" },
+        q.pending,
+        q.delayed,
+        q.active,
+        q.completed,
+        q.failed,
+        q.cancelled
+    )
 }
 
 fn spokes_table(rows: &[serde_json::Value]) -> String {

@@ -20,7 +20,7 @@ use mosaic_shared::tls::Role;
 use tokio::sync::watch;
 
 use crate::certs::{self, PkiPlan};
-use crate::cli::{agent_text, is_terminal, state_name};
+use crate::cli::{is_job_terminal, job_state_name, job_text};
 use crate::config::HubConfig;
 use crate::spokes::SpokeClient;
 
@@ -147,48 +147,61 @@ async fn demo(hub: &HubConfig) -> anyhow::Result<()> {
     let spoke_a = SpokeClient::connect(hub, &a).await?;
     let spoke_b = SpokeClient::connect(hub, &b).await?;
 
-    println!("\n1. spawn `echo` on {a}; it runs to completion");
+    println!("\n1. spawn `echo` on {a}; the job is queued, runs and completes");
     let started = Instant::now();
     let r = spoke_a
-        .execute(&hub.signer, spawn("echo", &["hello from", "spoke-a"]))
+        .execute(&hub.signer, spawn("echo", &["hello from", "spoke-a"], None))
         .await?;
+    let job = r.job().context("no job in the receipt")?;
     println!(
-        "   signed receipt in {:.1} ms: agent {} is {}",
+        "   signed receipt in {:.1} ms: job {} is {}",
         ms(started.elapsed()),
-        r.agent.agent_id,
-        state_name(r.agent.state())
+        job.job_id,
+        job_state_name(job.state())
     );
-    let done = wait_terminal(hub, &spoke_a, &r.agent.agent_id).await?;
-    print_indented(&agent_text(&a, &done));
+    let echoed = poll(hub, &spoke_a, &job.job_id, is_job_terminal).await?;
+    print_indented(&job_text(&a, &echoed));
 
-    println!("\n2. spawn `sleep 600` on {b}, then kill it");
+    println!("\n2. spawn a job on {b} that fails twice and succeeds on its third attempt");
+    let script = "n=$(cat tries 2>/dev/null || echo 0); echo $((n+1)) > tries; \
+                  [ $n -ge 2 ] && echo 'third time lucky' || { echo \"attempt $((n+1)) fails\"; exit 1; }";
+    let mut retrying = spawn("shell", &[script], Some(2));
+    if let pb::command::Action::Spawn(s) = &mut retrying {
+        s.backoff_base_ms = Some(200);
+        s.workdir = "retry-demo".into();
+    }
+    let r = spoke_b.execute(&hub.signer, retrying).await?;
+    let id = r.job().context("no job in the receipt")?.job_id.clone();
+    let done = poll(hub, &spoke_b, &id, is_job_terminal).await?;
+    print_indented(&job_text(&b, &done));
+
+    println!("\n3. spawn `sleep 600` on {b}, then kill it");
     let r = spoke_b
-        .execute(&hub.signer, spawn("sleep", &["600"]))
+        .execute(&hub.signer, spawn("sleep", &["600"], None))
         .await?;
-    let id = r.agent.agent_id.clone();
-    let running = wait_state(hub, &spoke_b, &id, pb::AgentState::Running).await?;
-    println!(
-        "   agent {id} is {} (pid {})",
-        state_name(running.state()),
-        running.pid.unwrap_or(0)
-    );
+    let id = r.job().context("no job in the receipt")?.job_id.clone();
+    let running = poll(hub, &spoke_b, &id, |s| {
+        s == pb::JobState::Executing || is_job_terminal(s)
+    })
+    .await?;
+    println!("   job {id} is {}", job_state_name(running.state()));
     let started = Instant::now();
     let killed = spoke_b
-        .execute(
-            &hub.signer,
-            pb::command::Action::Kill(pb::Kill { agent_id: id }),
-        )
+        .execute(&hub.signer, pb::command::Action::Kill(pb::Kill { id }))
         .await?;
     println!("   kill answered in {:.1} ms", ms(started.elapsed()));
-    print_indented(&agent_text(&b, &killed.agent));
+    print_indented(&job_text(
+        &b,
+        killed.job().context("no job in the receipt")?,
+    ));
 
     println!(
-        "\n3. round trip of a signed status command (hub → spoke → signed receipt), 200 times"
+        "\n4. round trip of a signed status command (hub → spoke → signed receipt), 200 times"
     );
     let mut samples = Vec::with_capacity(200);
     for _ in 0..200 {
         let t = Instant::now();
-        spoke_a.execute(&hub.signer, status(&done.agent_id)).await?;
+        spoke_a.execute(&hub.signer, status(&echoed.job_id)).await?;
         samples.push(t.elapsed());
     }
     samples.sort();
@@ -201,55 +214,38 @@ async fn demo(hub: &HubConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(profile: &str, args: &[&str]) -> pb::command::Action {
+fn spawn(profile: &str, args: &[&str], max_retries: Option<u32>) -> pb::command::Action {
     pb::command::Action::Spawn(pb::Spawn {
         profile: profile.into(),
         workspace: "demo".into(),
         args: args.iter().map(|s| s.to_string()).collect(),
-        env: Default::default(),
-        workdir: String::new(),
+        max_retries,
+        ..Default::default()
     })
 }
 
-fn status(agent: &str) -> pb::command::Action {
-    pb::command::Action::Status(pb::Status {
-        agent_id: agent.into(),
-    })
+fn status(id: &str) -> pb::command::Action {
+    pb::command::Action::Status(pb::Status { id: id.into() })
 }
 
-async fn wait_terminal(
-    hub: &HubConfig,
-    c: &SpokeClient,
-    agent: &str,
-) -> anyhow::Result<pb::AgentStatus> {
-    poll(hub, c, agent, is_terminal).await
-}
-
-async fn wait_state(
-    hub: &HubConfig,
-    c: &SpokeClient,
-    agent: &str,
-    want: pb::AgentState,
-) -> anyhow::Result<pb::AgentStatus> {
-    poll(hub, c, agent, |s| s == want || is_terminal(s)).await
-}
-
+/// Polls a job's status until `done` holds for its state (30 s at most).
 async fn poll(
     hub: &HubConfig,
     c: &SpokeClient,
-    agent: &str,
-    done: impl Fn(pb::AgentState) -> bool,
-) -> anyhow::Result<pb::AgentStatus> {
+    job: &str,
+    done: impl Fn(pb::JobState) -> bool,
+) -> anyhow::Result<pb::JobStatus> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = c.execute(&hub.signer, status(agent)).await?;
-        if done(r.agent.state()) {
-            return Ok(r.agent);
+        let r = c.execute(&hub.signer, status(job)).await?;
+        let j = r.job().context("no job in the receipt")?;
+        if done(j.state()) {
+            return Ok(j.clone());
         }
         if Instant::now() > deadline {
             bail!(
-                "agent {agent} is still {} after 30 s",
-                state_name(r.agent.state())
+                "job {job} is still {} after 30 s",
+                job_state_name(j.state())
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

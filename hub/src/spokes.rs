@@ -57,9 +57,27 @@ pub struct Receipt {
     pub command_id: CommandId,
     pub spoke_id: SpokeId,
     pub executed_at_ms: i64,
-    pub agent: pb::AgentStatus,
+    pub result: pb::receipt::Result,
     /// The envelope as received, kept for audit.
     pub signed: pb::SignedReceipt,
+}
+
+impl Receipt {
+    /// The job the command concerned (spawn, status, kill, remove).
+    pub fn job(&self) -> Option<&pb::JobStatus> {
+        match &self.result {
+            pb::receipt::Result::Job(j) => Some(j),
+            pb::receipt::Result::Queue(_) => None,
+        }
+    }
+
+    /// The queue as a queue control left it.
+    pub fn queue(&self) -> Option<&pb::QueueCounts> {
+        match &self.result {
+            pb::receipt::Result::Queue(q) => Some(q),
+            pb::receipt::Result::Job(_) => None,
+        }
+    }
 }
 
 /// A connection to one spoke.
@@ -168,14 +186,14 @@ impl SpokeClient {
                 receipt.spoke_id, receipt.hub_id
             )));
         }
-        let agent = receipt
-            .agent
-            .ok_or_else(|| bad("carries no agent".into()))?;
+        let result = receipt
+            .result
+            .ok_or_else(|| bad("carries no result".into()))?;
         Ok(Receipt {
             command_id: command_id.clone(),
             spoke_id: self.entry.id.clone(),
             executed_at_ms: receipt.executed_at_ms,
-            agent,
+            result,
             signed,
         })
     }

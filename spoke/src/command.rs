@@ -8,10 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use mosaic_shared::ids::{AgentId, IdError, ProfileName, WorkspaceId};
+use std::time::Duration;
+
+use mosaic_shared::ids::{IdError, JobId, ProfileName, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
 
 use crate::config::valid_env_name;
+use crate::job::{MAX_PRIORITY, MAX_RETRIES, MAX_WAIT, MIN_PRIORITY, RequestedOptions};
+use crate::profile::JobSpec;
 
 /// Most arguments a spawn may pass.
 pub const MAX_ARGS: usize = 256;
@@ -25,8 +29,13 @@ pub const MAX_WORKDIR_BYTES: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Spawn(SpawnRequest),
-    Status(AgentId),
-    Kill(AgentId),
+    /// A job id or the agent id of one of its attempts.
+    Status(String),
+    Kill(String),
+    QueueStats,
+    PauseQueue,
+    ResumeQueue,
+    RemoveJob(JobId),
 }
 
 impl Action {
@@ -35,6 +44,10 @@ impl Action {
             Action::Spawn(_) => "spawn",
             Action::Status(_) => "status",
             Action::Kill(_) => "kill",
+            Action::QueueStats => "queue_stats",
+            Action::PauseQueue => "pause_queue",
+            Action::ResumeQueue => "resume_queue",
+            Action::RemoveJob(_) => "remove_job",
         }
     }
 }
@@ -43,10 +56,8 @@ impl Action {
 pub struct SpawnRequest {
     pub profile: ProfileName,
     pub workspace: WorkspaceId,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    /// Relative, with no `..` or root component; joined to the profile's root later.
-    pub workdir: PathBuf,
+    pub spec: JobSpec,
+    pub options: RequestedOptions,
 }
 
 /// A field that failed validation: which one, and why.
@@ -66,17 +77,24 @@ impl TryFrom<Option<pb::command::Action>> for Action {
     fn try_from(action: Option<pb::command::Action>) -> Result<Self, FieldError> {
         match action {
             None => Err(FieldError(
-                "command.action is missing (expected spawn, status or kill)".into(),
+                "command.action is missing (expected spawn, status, kill or a queue control)"
+                    .into(),
             )),
-            Some(pb::command::Action::Status(s)) => Ok(Action::Status(AgentId::parse_field(
-                "status.agent_id",
-                s.agent_id,
-            )?)),
-            Some(pb::command::Action::Kill(k)) => Ok(Action::Kill(AgentId::parse_field(
-                "kill.agent_id",
-                k.agent_id,
-            )?)),
+            // Job and agent ids follow the same rules; the spoke resolves which one it is.
+            Some(pb::command::Action::Status(s)) => Ok(Action::Status(
+                JobId::parse_field("status.id", s.id)?.into(),
+            )),
+            Some(pb::command::Action::Kill(k)) => {
+                Ok(Action::Kill(JobId::parse_field("kill.id", k.id)?.into()))
+            }
             Some(pb::command::Action::Spawn(s)) => Ok(Action::Spawn(SpawnRequest::try_from(s)?)),
+            Some(pb::command::Action::QueueStats(_)) => Ok(Action::QueueStats),
+            Some(pb::command::Action::PauseQueue(_)) => Ok(Action::PauseQueue),
+            Some(pb::command::Action::ResumeQueue(_)) => Ok(Action::ResumeQueue),
+            Some(pb::command::Action::RemoveJob(r)) => Ok(Action::RemoveJob(JobId::parse_field(
+                "remove_job.job_id",
+                r.job_id,
+            )?)),
         }
     }
 }
@@ -85,6 +103,7 @@ impl TryFrom<pb::Spawn> for SpawnRequest {
     type Error = FieldError;
 
     fn try_from(s: pb::Spawn) -> Result<Self, FieldError> {
+        let options = requested_options(&s)?;
         let profile = ProfileName::parse_field("spawn.profile", s.profile)?;
         let workspace = WorkspaceId::parse_field("spawn.workspace", s.workspace)?;
         if s.args.len() > MAX_ARGS {
@@ -127,11 +146,65 @@ impl TryFrom<pb::Spawn> for SpawnRequest {
         Ok(SpawnRequest {
             profile,
             workspace,
-            args: s.args,
-            env,
-            workdir,
+            spec: JobSpec {
+                args: s.args,
+                env,
+                workdir,
+            },
+            options,
         })
     }
+}
+
+fn requested_options(s: &pb::Spawn) -> Result<RequestedOptions, FieldError> {
+    let wait =
+        |field: &str, ms: Option<u64>, min_ms: u64| -> Result<Option<Duration>, FieldError> {
+            match ms {
+                Some(v) if v < min_ms || Duration::from_millis(v) > MAX_WAIT => {
+                    Err(FieldError(format!(
+                        "spawn.{field} must be between {min_ms} and {} ms",
+                        MAX_WAIT.as_millis()
+                    )))
+                }
+                other => Ok(other.map(Duration::from_millis)),
+            }
+        };
+    let priority = match s.priority {
+        Some(p) if !(u32::from(MIN_PRIORITY)..=u32::from(MAX_PRIORITY)).contains(&p) => {
+            return Err(FieldError(format!(
+                "spawn.priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {p}"
+            )));
+        }
+        p => p.map(|p| p as u8),
+    };
+    if s.delay_ms.is_some() && s.not_before_ms.is_some() {
+        return Err(FieldError(
+            "spawn.delay_ms and spawn.not_before_ms exclude each other; give one".into(),
+        ));
+    }
+    if let Some(r) = s.max_retries.filter(|&r| r > MAX_RETRIES) {
+        return Err(FieldError(format!(
+            "spawn.max_retries must be at most {MAX_RETRIES}, got {r}"
+        )));
+    }
+    let base = wait("backoff_base_ms", s.backoff_base_ms, 1)?;
+    let cap = wait("backoff_cap_ms", s.backoff_cap_ms, 1)?;
+    if let (Some(b), Some(c)) = (base, cap)
+        && c < b
+    {
+        return Err(FieldError(
+            "spawn.backoff_cap_ms must be at least spawn.backoff_base_ms".into(),
+        ));
+    }
+    Ok(RequestedOptions {
+        priority,
+        delay: wait("delay_ms", s.delay_ms, 0)?,
+        not_before_ms: s.not_before_ms,
+        max_retries: s.max_retries,
+        backoff_base: base,
+        backoff_cap: cap,
+        attempt_timeout: wait("attempt_timeout_ms", s.attempt_timeout_ms, 100)?,
+    })
 }
 
 /// A working directory must be relative and may not climb: `a/b` is fine, `/etc`, `../x` and
@@ -169,14 +242,21 @@ mod tests {
             args: vec!["a".into()],
             env: [("FOO".to_string(), "bar".to_string())].into(),
             workdir: "jobs/1".into(),
+            ..Default::default()
         }
     }
 
     #[test]
     fn a_good_spawn_converts() {
         let r = SpawnRequest::try_from(spawn()).unwrap();
-        assert_eq!(r.workdir, PathBuf::from("jobs/1"));
+        assert_eq!(r.spec.workdir, PathBuf::from("jobs/1"));
         assert_eq!(r.profile.as_str(), "echo");
+        assert_eq!(r.options, RequestedOptions::default());
+        let mut s = spawn();
+        (s.priority, s.max_retries, s.delay_ms) = (Some(10), Some(0), Some(500));
+        let o = SpawnRequest::try_from(s).unwrap().options;
+        assert_eq!((o.priority, o.max_retries), (Some(10), Some(0)));
+        assert_eq!(o.delay, Some(Duration::from_millis(500)));
     }
 
     #[test]
@@ -223,9 +303,9 @@ mod tests {
                 .contains("command.action")
         );
         let err = Action::try_from(Some(pb::command::Action::Kill(pb::Kill {
-            agent_id: "../x".into(),
+            id: "../x".into(),
         })))
         .unwrap_err();
-        assert!(err.0.starts_with("kill.agent_id"), "{err}");
+        assert!(err.0.starts_with("kill.id"), "{err}");
     }
 }

@@ -34,6 +34,54 @@ struct Raw {
     trusted_hubs: Vec<RawHub>,
     #[serde(default)]
     profiles: BTreeMap<String, RawProfile>,
+    #[serde(default)]
+    queue: RawQueue,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    concurrency: usize,
+    priority: u8,
+    max_retries: u32,
+    backoff_base_ms: u64,
+    backoff_cap_ms: u64,
+    lease_ms: u64,
+    retain_finished_ms: u64,
+    retain_finished_max: usize,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            concurrency: 5,
+            priority: 5,
+            max_retries: 3,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 60_000,
+            lease_ms: 15_000,
+            retain_finished_ms: 7 * 24 * 3_600_000,
+            retain_finished_max: 10_000,
+        }
+    }
+}
+
+/// The scheduler's settings and the defaults of a spawn's scheduling options.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Most attempts running at once on this spoke.
+    pub concurrency: usize,
+    pub default_priority: u8,
+    pub default_max_retries: u32,
+    pub default_backoff_base: Duration,
+    pub default_backoff_cap: Duration,
+    /// How long an attempt's lease lasts without renewal; a crashed spoke's attempts are
+    /// recovered once their leases run out.
+    pub lease: Duration,
+    /// Finished jobs are deleted after this long ...
+    pub retain_finished: Duration,
+    /// ... or beyond this many per terminal state, oldest first.
+    pub retain_finished_max: usize,
 }
 
 fn default_clock_skew_ms() -> u64 {
@@ -64,6 +112,7 @@ struct RawProfile {
     workdir_root: PathBuf,
     #[serde(default = "default_kill_grace_ms")]
     kill_grace_ms: u64,
+    concurrency: Option<usize>,
 }
 
 fn default_kill_grace_ms() -> u64 {
@@ -87,6 +136,8 @@ pub struct Profile {
     pub workdir_root: PathBuf,
     /// Time between SIGTERM and SIGKILL when the agent is killed.
     pub kill_grace: Duration,
+    /// Most attempts of this profile running at once (within the spoke-wide limit).
+    pub concurrency: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +160,7 @@ pub struct SpokeConfig {
     pub tls: TlsMaterial,
     pub trusted_hubs: Vec<TrustedHub>,
     pub profiles: BTreeMap<ProfileName, Arc<Profile>>,
+    pub queue: QueueConfig,
 }
 
 impl SpokeConfig {
@@ -254,11 +306,64 @@ impl SpokeConfig {
                     env: p.env,
                     workdir_root,
                     kill_grace: Duration::from_millis(p.kill_grace_ms),
+                    concurrency: p.concurrency,
                 }),
             );
         }
 
+        let q = raw.queue;
+        let queue_field = |k: &str| format!("queue.{k}");
+        if !(1..=10_000).contains(&q.concurrency) {
+            return Err(invalid(
+                &queue_field("concurrency"),
+                "must be between 1 and 10000".into(),
+            ));
+        }
+        if !(1..=10).contains(&q.priority) {
+            return Err(invalid(
+                &queue_field("priority"),
+                "must be between 1 and 10".into(),
+            ));
+        }
+        if q.max_retries > crate::job::MAX_RETRIES {
+            return Err(invalid(
+                &queue_field("max_retries"),
+                format!("at most {}", crate::job::MAX_RETRIES),
+            ));
+        }
+        if q.backoff_base_ms == 0 || q.backoff_cap_ms < q.backoff_base_ms {
+            return Err(invalid(
+                &queue_field("backoff_cap_ms"),
+                "backoff_base_ms must be positive and backoff_cap_ms at least backoff_base_ms"
+                    .into(),
+            ));
+        }
+        if !(1_000..=600_000).contains(&q.lease_ms) {
+            return Err(invalid(
+                &queue_field("lease_ms"),
+                "must be between 1000 and 600000".into(),
+            ));
+        }
+        for (name, p) in &profiles {
+            if p.concurrency == Some(0) {
+                return Err(invalid(
+                    &format!("profiles.{name}.concurrency"),
+                    "must be at least 1 (omit it for no per-profile limit)".into(),
+                ));
+            }
+        }
+
         Ok(SpokeConfig {
+            queue: QueueConfig {
+                concurrency: q.concurrency,
+                default_priority: q.priority,
+                default_max_retries: q.max_retries,
+                default_backoff_base: Duration::from_millis(q.backoff_base_ms),
+                default_backoff_cap: Duration::from_millis(q.backoff_cap_ms),
+                lease: Duration::from_millis(q.lease_ms),
+                retain_finished: Duration::from_millis(q.retain_finished_ms),
+                retain_finished_max: q.retain_finished_max,
+            },
             spoke_id: raw.spoke_id,
             trust_domain: raw.trust_domain,
             listen: raw.listen,

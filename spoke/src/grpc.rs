@@ -10,21 +10,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mosaic_shared::ids::{AgentId, CommandId};
+use mosaic_shared::ids::{AgentId, CommandId, JobId};
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::{Domain, KeyPair};
 use mosaic_shared::time::unix_ms;
 use prost::Message as _;
 use rustls::pki_types::CertificateDer;
+use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::command::Action;
 use crate::config::SpokeConfig;
-use crate::lifecycle::AgentState;
+use crate::job::JobState;
 use crate::profile::{self, PlanError};
-use crate::runner::{KillOutcome, Supervisor};
-use crate::store::{AgentRecord, Claim, Store, StoreError};
+use crate::runner::{KillOutcome, Stop, Supervisor};
+use crate::store::{AgentRecord, Claim, Guarded, JobRecord, NewJob, Store, StoreError};
 use crate::verify::{VerifiedCommand, Verifier, VerifyError};
 
 /// Metadata key carrying the machine-readable reason of a refusal.
@@ -41,11 +42,15 @@ enum Refusal {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("agent {0} not found")]
-    NoSuchAgent(AgentId),
+    #[error("job or agent {0} not found")]
+    NotFound(String),
+    #[error("job {0} is {1}, not waiting in the queue; kill it instead")]
+    NotQueued(JobId, String),
     #[error("command {0} is still being executed; retry later")]
     InFlight(CommandId),
-    #[error("agent {0} is not supervised by this spoke process; it cannot be killed now")]
+    #[error(
+        "attempt {0} belongs to an earlier run of this spoke; it is recovered when its lease runs out"
+    )]
     NotSupervised(AgentId),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,7 +63,8 @@ impl Refusal {
         let (code, reason) = match &self {
             Refusal::Verify(e) => (e.code(), e.reason()),
             Refusal::Plan(e) => (Code::InvalidArgument, e.reason()),
-            Refusal::NoSuchAgent(_) => (Code::NotFound, "agent_not_found"),
+            Refusal::NotFound(_) => (Code::NotFound, "not_found"),
+            Refusal::NotQueued(..) => (Code::FailedPrecondition, "job_not_queued"),
             Refusal::InFlight(_) => (Code::Aborted, "command_in_flight"),
             Refusal::NotSupervised(_) => (Code::FailedPrecondition, "agent_not_supervised"),
             // Internal failures: logged in full, answered with fixed text.
@@ -100,11 +106,18 @@ struct Inner {
     verifier: Verifier,
     store: Store,
     supervisor: Arc<Supervisor>,
+    /// Wakes the scheduler when a job is queued or the queue resumes.
+    wake: Arc<Notify>,
     receipt_key: Arc<KeyPair>,
 }
 
 impl FederationService {
-    pub fn new(config: Arc<SpokeConfig>, store: Store, supervisor: Arc<Supervisor>) -> Self {
+    pub fn new(
+        config: Arc<SpokeConfig>,
+        store: Store,
+        supervisor: Arc<Supervisor>,
+        wake: Arc<Notify>,
+    ) -> Self {
         let verifier = Verifier::new(
             config.spoke_id.clone(),
             config.trust_domain.clone(),
@@ -119,6 +132,7 @@ impl FederationService {
                 verifier,
                 store,
                 supervisor,
+                wake,
             }),
         }
     }
@@ -156,8 +170,8 @@ impl Inner {
             Claim::New => {}
         }
         match self.perform(&cmd).await {
-            Ok(agent) => {
-                let receipt = self.seal(&cmd, agent);
+            Ok(result) => {
+                let receipt = self.seal(&cmd, result);
                 self.store
                     .save_receipt(&cmd.hub_id, &cmd.command_id, &receipt)
                     .await?;
@@ -177,76 +191,159 @@ impl Inner {
         }
     }
 
-    /// Executes a verified, newly claimed command; returns the agent as it left it.
-    async fn perform(&self, cmd: &VerifiedCommand) -> Result<AgentRecord, Refusal> {
+    /// Executes a verified, newly claimed command; returns what the receipt reports.
+    async fn perform(&self, cmd: &VerifiedCommand) -> Result<pb::receipt::Result, Refusal> {
+        let job = pb::receipt::Result::Job;
         match &cmd.action {
             Action::Spawn(req) => {
-                let plan = profile::plan(&self.config.profiles, req)?;
-                let record = AgentRecord {
-                    agent_id: AgentId::generate(),
-                    profile: req.profile.clone(),
+                // Checked now so that a bad spawn is refused, not queued to fail later.
+                profile::plan(&self.config.profiles, &req.profile, &req.spec)?;
+                let now = unix_ms();
+                let new = NewJob {
+                    job_id: JobId::generate(),
                     workspace: req.workspace.clone(),
+                    profile: req.profile.clone(),
                     command_id: cmd.command_id.clone(),
-                    state: AgentState::Spawning,
-                    created_at_ms: unix_ms(),
-                    started_at_ms: None,
-                    finished_at_ms: None,
-                    exit_code: None,
-                    signal: None,
-                    error: String::new(),
-                    pid: None,
-                    output_tail: String::new(),
+                    spec: serde_json::to_string(&req.spec).expect("a job spec always encodes"),
+                    options: req.options.resolve(&self.config.queue, now),
+                    created_at_ms: now,
                 };
-                self.store.create_agent(&record).await?;
-                self.supervisor.launch(record.agent_id.clone(), plan);
-                tracing::info!(agent = %record.agent_id, profile = %record.profile, "agent accepted");
-                Ok(record)
+                let state = self.store.enqueue(&new, now).await?;
+                self.wake.notify_one();
+                tracing::info!(job = %new.job_id, profile = %new.profile, %state, "job queued");
+                Ok(job(self.job_status(&new.job_id).await?))
             }
-            Action::Status(id) => self.agent(id).await,
+            Action::Status(id) => {
+                let (rec, attempts) = self.find(id).await?;
+                Ok(job(self.to_pb(&rec, &attempts).await?))
+            }
             Action::Kill(id) => {
-                let record = self.agent(id).await?;
-                if record.state.is_terminal() {
-                    return Ok(record);
-                }
-                let grace = self
-                    .config
-                    .profiles
-                    .get(&record.profile)
-                    .map_or(Duration::from_secs(10), |p| p.kill_grace);
+                let (rec, attempts) = self.find(id).await?;
                 let reason = format!("killed by hub {} (command {})", cmd.hub_id, cmd.command_id);
-                let wait = (grace + Duration::from_secs(5)).min(KILL_ANSWER_WITHIN);
-                match self.supervisor.kill(id, &reason, wait).await {
-                    KillOutcome::Ended | KillOutcome::StillEnding => self.agent(id).await,
-                    KillOutcome::NotSupervised => {
-                        // It may have ended between our read and the kill request.
-                        let now = self.agent(id).await?;
-                        if now.state.is_terminal() {
-                            Ok(now)
-                        } else {
-                            Err(Refusal::NotSupervised(id.clone()))
-                        }
-                    }
+                self.cancel(&rec, &attempts, &reason).await?;
+                Ok(job(self.job_status(&rec.job_id).await?))
+            }
+            Action::RemoveJob(id) => {
+                let reason = format!("removed by hub {} (command {})", cmd.hub_id, cmd.command_id);
+                match self.store.remove_job(id, unix_ms(), &reason).await? {
+                    Guarded::Applied(_) => Ok(job(self.job_status(id).await?)),
+                    Guarded::Refused(state) => Err(Refusal::NotQueued(id.clone(), state)),
+                    Guarded::Missing => Err(Refusal::NotFound(id.to_string())),
+                }
+            }
+            Action::QueueStats => Ok(pb::receipt::Result::Queue(
+                self.store.queue_counts().await?.to_pb(),
+            )),
+            Action::PauseQueue | Action::ResumeQueue => {
+                let pause = matches!(cmd.action, Action::PauseQueue);
+                self.store.set_paused(pause).await?;
+                tracing::info!(paused = pause, "queue dispatch changed");
+                if !pause {
+                    self.wake.notify_one();
+                }
+                Ok(pb::receipt::Result::Queue(
+                    self.store.queue_counts().await?.to_pb(),
+                ))
+            }
+        }
+    }
+
+    /// Cancels a job: a waiting one is removed; a running attempt is stopped (SIGTERM, then
+    /// SIGKILL after the profile's grace) and its job ends cancelled.
+    async fn cancel(
+        &self,
+        rec: &JobRecord,
+        attempts: &[AgentRecord],
+        reason: &str,
+    ) -> Result<(), Refusal> {
+        if rec.state.is_terminal() {
+            return Ok(());
+        }
+        if rec.state.is_queued() {
+            match self
+                .store
+                .remove_job(&rec.job_id, unix_ms(), reason)
+                .await?
+            {
+                Guarded::Applied(_) => return Ok(()),
+                // Dispatched in the meantime: stop the attempt instead.
+                Guarded::Refused(_) => {}
+                Guarded::Missing => return Err(Refusal::NotFound(rec.job_id.to_string())),
+            }
+        }
+        let current = match self.store.job_with_attempts(&rec.job_id).await? {
+            Some((_, now)) => now.into_iter().last(),
+            None => attempts.last().cloned(),
+        };
+        let Some(agent) = current else {
+            return Ok(());
+        };
+        let grace = self
+            .config
+            .profiles
+            .get(&rec.profile)
+            .map_or(Duration::from_secs(10), |p| p.kill_grace);
+        let wait = (grace + Duration::from_secs(5)).min(KILL_ANSWER_WITHIN);
+        match self
+            .supervisor
+            .stop(&agent.agent_id, Stop::Requested(reason.to_owned()), wait)
+            .await
+        {
+            KillOutcome::Ended | KillOutcome::StillEnding => Ok(()),
+            KillOutcome::NotSupervised => {
+                // It may have ended between our read and the request.
+                match self.store.job(&rec.job_id).await? {
+                    Some(j) if !j.state.is_active() => Ok(()),
+                    _ => Err(Refusal::NotSupervised(agent.agent_id)),
                 }
             }
         }
     }
 
-    async fn agent(&self, id: &AgentId) -> Result<AgentRecord, Refusal> {
+    /// The job with this id, or the job of the attempt (agent) with this id.
+    async fn find(&self, id: &str) -> Result<(JobRecord, Vec<AgentRecord>), Refusal> {
+        let not_found = || Refusal::NotFound(id.to_owned());
+        let job_id: JobId = id.parse().map_err(|_| not_found())?;
+        if let Some(found) = self.store.job_with_attempts(&job_id).await? {
+            return Ok(found);
+        }
+        let agent_id: AgentId = id.parse().map_err(|_| not_found())?;
+        let Some(agent) = self.store.agent(&agent_id).await? else {
+            return Err(not_found());
+        };
         self.store
-            .agent(id)
+            .job_with_attempts(&agent.job_id)
             .await?
-            .ok_or_else(|| Refusal::NoSuchAgent(id.clone()))
+            .ok_or_else(not_found)
+    }
+
+    async fn job_status(&self, id: &JobId) -> Result<pb::JobStatus, Refusal> {
+        let (rec, attempts) = self
+            .store
+            .job_with_attempts(id)
+            .await?
+            .ok_or_else(|| Refusal::NotFound(id.to_string()))?;
+        self.to_pb(&rec, &attempts).await
+    }
+
+    async fn to_pb(
+        &self,
+        rec: &JobRecord,
+        attempts: &[AgentRecord],
+    ) -> Result<pb::JobStatus, Refusal> {
+        let paused = rec.state == JobState::Pending && self.store.is_paused().await?;
+        Ok(rec.to_pb(attempts, paused))
     }
 
     /// Encodes and signs the receipt; returns the encoded `SignedReceipt`.
-    fn seal(&self, cmd: &VerifiedCommand, agent: AgentRecord) -> Vec<u8> {
+    fn seal(&self, cmd: &VerifiedCommand, result: pb::receipt::Result) -> Vec<u8> {
         let receipt = pb::Receipt {
             command_id: cmd.command_id.to_string(),
             spoke_id: self.config.spoke_id.to_string(),
             hub_id: cmd.hub_id.to_string(),
             key_id: self.receipt_key.id().to_string(),
             executed_at_ms: unix_ms(),
-            agent: Some(agent.to_pb()),
+            result: Some(result),
         }
         .encode_to_vec();
         pb::SignedReceipt {
@@ -293,7 +390,13 @@ impl pb::federation_server::Federation for FederationService {
             .verifier
             .peer_hub(certs.as_deref().map(|c| c.as_slice()))
             .map_err(|e| Refusal::from(e).into_status())?;
+        let queue = inner
+            .store
+            .queue_counts()
+            .await
+            .map_err(|e| Refusal::from(e).into_status())?;
         Ok(Response::new(pb::InfoResponse {
+            queue: Some(queue.to_pb()),
             spoke_id: inner.config.spoke_id.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             receipt_key_id: inner.receipt_key.id().to_string(),

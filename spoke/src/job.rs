@@ -11,6 +11,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::config::QueueConfig;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
     Pending,
@@ -113,6 +115,43 @@ pub struct JobOptions {
     pub backoff_cap: Duration,
     /// An attempt running longer is killed and counts as failed; `None` = no limit.
     pub attempt_timeout: Option<Duration>,
+}
+
+/// Scheduling options as a client sent them (validated for range); unset ones take the
+/// spoke's defaults in [`RequestedOptions::resolve`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestedOptions {
+    pub priority: Option<u8>,
+    pub delay: Option<Duration>,
+    pub not_before_ms: Option<i64>,
+    pub max_retries: Option<u32>,
+    pub backoff_base: Option<Duration>,
+    pub backoff_cap: Option<Duration>,
+    pub attempt_timeout: Option<Duration>,
+}
+
+impl RequestedOptions {
+    /// The job's options: the request's, else the spoke's defaults. A default cap below a
+    /// requested base is raised to the base.
+    pub fn resolve(&self, defaults: &QueueConfig, now_ms: i64) -> JobOptions {
+        let base = self.backoff_base.unwrap_or(defaults.default_backoff_base);
+        let cap = self
+            .backoff_cap
+            .unwrap_or(defaults.default_backoff_cap)
+            .max(base);
+        let not_before_ms = self
+            .delay
+            .map(|d| now_ms.saturating_add(d.as_millis() as i64))
+            .or(self.not_before_ms);
+        JobOptions {
+            priority: self.priority.unwrap_or(defaults.default_priority),
+            not_before_ms,
+            max_retries: self.max_retries.unwrap_or(defaults.default_max_retries),
+            backoff_base: base,
+            backoff_cap: cap,
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
 }
 
 pub const MIN_PRIORITY: u8 = 1;

@@ -5,9 +5,11 @@
 //! - [`verify`]: the verification chain (identity, key, signature, addressee, validity window).
 //! - [`command`]: the domain form of a command, validated field by field at the edge.
 //! - [`profile`]: resolves a spawn against the operator's profiles into a launch plan.
-//! - [`store`]: Valkey: replay records, agent records, lifecycle transition scripts, key names.
-//! - [`lifecycle`]: the agent state machine's table.
-//! - [`runner`]: supervised child processes, kill with grace, output tail.
+//! - [`job`]: job states, scheduling options and retry backoff (pure policy).
+//! - [`store`]: Valkey: replay records, the job queue's transition scripts, records, key names.
+//! - [`scheduler`]: starts queued jobs in free slots; leases, crash recovery, retention.
+//! - [`lifecycle`]: the agent (attempt) state machine's table.
+//! - [`runner`]: supervised child processes, stop with grace, timeouts, output tail.
 //! - [`config`]: `spoke.toml` into a typed [`config::SpokeConfig`].
 
 pub mod command;
@@ -17,6 +19,7 @@ pub mod job;
 pub mod lifecycle;
 pub mod profile;
 pub mod runner;
+pub mod scheduler;
 pub mod store;
 pub mod verify;
 
@@ -54,8 +57,17 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let store = store::Store::connect(&config.valkey_url, &config.spoke_id).await?;
-    let supervisor = runner::Supervisor::new(store.clone());
-    let service = grpc::FederationService::new(config.clone(), store, supervisor.clone());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let supervisor = runner::Supervisor::new(store.clone(), wake.clone());
+    let scheduler = scheduler::Scheduler::new(
+        config.clone(),
+        store.clone(),
+        supervisor.clone(),
+        wake.clone(),
+    );
+    let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(scheduler.run(scheduler_stopped));
+    let service = grpc::FederationService::new(config.clone(), store, supervisor.clone(), wake);
     let max_grace = config
         .profiles
         .values()
@@ -99,7 +111,9 @@ pub async fn run(
     tokio::select! {
         ended = &mut server => {
             // The server stopped without being asked: report why, after ending the agents.
-            supervisor.shutdown("spoke server failed", max_grace + Duration::from_secs(5)).await;
+            let _ = stop_scheduler.send(true);
+            let _ = scheduler.await;
+            supervisor.shutdown(max_grace + Duration::from_secs(5)).await;
             return match ended {
                 Ok(result) => result.map_err(serve_error),
                 Err(e) => Err(RunError::Serve(e.to_string())),
@@ -110,10 +124,13 @@ pub async fn run(
 
     // Stop accepting, end the agents, then give open connections a bounded time to drain:
     // tonic's graceful shutdown otherwise waits for every client to hang up.
-    tracing::info!("spoke stopping; ending supervised agents");
+    // Stop starting attempts, then end the running ones: their jobs go back to the queue.
+    tracing::info!("spoke stopping; ending supervised attempts");
     let _ = stop_serving.send(());
+    let _ = stop_scheduler.send(true);
+    let _ = scheduler.await;
     supervisor
-        .shutdown("spoke shutting down", max_grace + Duration::from_secs(5))
+        .shutdown(max_grace + Duration::from_secs(5))
         .await;
     match tokio::time::timeout(SHUTDOWN_DRAIN, &mut server).await {
         Ok(Ok(result)) => result.map_err(serve_error),

@@ -11,8 +11,17 @@ use std::sync::Arc;
 
 use mosaic_shared::ids::ProfileName;
 
-use crate::command::SpawnRequest;
 use crate::config::Profile;
+
+/// What a job runs, as the hub asked: stored with the job (as JSON) so that every attempt, even
+/// after a spoke restart, is planned again from it against the profiles configured then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobSpec {
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Relative, with no `..` or root component (checked by `command`).
+    pub workdir: PathBuf,
+}
 
 /// Exactly what the runner will start: the program, its full argument list, its whole
 /// environment, and where.
@@ -54,12 +63,13 @@ impl PlanError {
 
 pub fn plan(
     profiles: &BTreeMap<ProfileName, Arc<Profile>>,
-    req: &SpawnRequest,
+    profile: &ProfileName,
+    req: &JobSpec,
 ) -> Result<LaunchPlan, PlanError> {
     let profile = profiles
-        .get(&req.profile)
+        .get(profile)
         .ok_or_else(|| PlanError::UnknownProfile {
-            name: req.profile.clone(),
+            name: profile.clone(),
             offered: list(profiles.keys().map(|k| k.as_str())),
         })?;
     if let Some(name) = req
@@ -144,24 +154,27 @@ mod tests {
             .into(),
             workdir_root: root,
             kill_grace: Duration::from_secs(1),
+            concurrency: None,
         };
         (dir, [(name, Arc::new(p))].into())
     }
 
-    fn req(workdir: &str) -> SpawnRequest {
-        SpawnRequest {
-            profile: "echo".parse().unwrap(),
-            workspace: "ws".parse().unwrap(),
+    fn req(workdir: &str) -> JobSpec {
+        JobSpec {
             args: vec!["x".into()],
             env: [("FOO".to_string(), "1".to_string())].into(),
             workdir: workdir.into(),
         }
     }
 
+    fn echo() -> ProfileName {
+        "echo".parse().unwrap()
+    }
+
     #[test]
     fn plans_fixed_args_first_inside_the_root() {
         let (_d, profiles) = setup();
-        let p = plan(&profiles, &req("a/b")).unwrap();
+        let p = plan(&profiles, &echo(), &req("a/b")).unwrap();
         assert_eq!(p.args, vec!["fixed", "x"]);
         // The request's allowed value overrides the profile's; the profile's others stay.
         let env = vec![("FOO".into(), "1".into()), ("HOME".into(), "/h".into())];
@@ -172,16 +185,20 @@ mod tests {
     #[test]
     fn refusals() {
         let (_d, profiles) = setup();
-        let mut r = req("");
-        r.profile = "nope".parse().unwrap();
-        assert_eq!(plan(&profiles, &r).unwrap_err().reason(), "unknown_profile");
+        let nope = "nope".parse().unwrap();
+        assert_eq!(
+            plan(&profiles, &nope, &req("")).unwrap_err().reason(),
+            "unknown_profile"
+        );
         let mut r = req("");
         r.env.insert("PATH".into(), "/x".into());
-        let err = plan(&profiles, &r).unwrap_err();
+        let err = plan(&profiles, &echo(), &r).unwrap_err();
         assert_eq!(err.reason(), "env_not_allowed");
         assert!(err.to_string().contains("PATH"), "{err}");
         assert_eq!(
-            plan(&profiles, &req("escape/sub")).unwrap_err().reason(),
+            plan(&profiles, &echo(), &req("escape/sub"))
+                .unwrap_err()
+                .reason(),
             "workdir_outside_root"
         );
     }

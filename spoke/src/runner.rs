@@ -1,104 +1,143 @@
-//! Runs agents as supervised child processes and records how they end.
+//! Runs attempts as supervised child processes and records how they end.
 //!
 //! A launch starts the plan's program directly (never through a shell) in its own process
 //! group, with a cleared environment plus the plan's variables, stdin closed and stdout/stderr
-//! captured into a bounded tail. One task per agent owns its process: it records `running`,
-//! waits for exit or a kill request, and records the terminal state through `store`'s
-//! transition scripts. A kill sends SIGTERM to the whole group, then SIGKILL after the
-//! profile's grace; when the leader has exited, the group is SIGKILLed so no child outlives
-//! its agent. This module never decides whether a spawn is allowed (that is `profile`).
+//! captured into a bounded tail. One task per attempt owns its process: it records `running`
+//! (with the pid and the process's start time, so a later spoke can tell it from a reused pid),
+//! waits for exit, a stop request or the attempt's timeout, and ends the attempt through
+//! `store`'s `attempt_ended` script, which also moves the job on (done, retry or requeue). A
+//! stop sends SIGTERM to the whole group, then SIGKILL after the profile's grace; once the
+//! leader has exited the group is SIGKILLed so no child outlives its attempt. This module never
+//! decides whether a spawn is allowed (`profile`) or which job runs next (`scheduler`).
 
 use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mosaic_shared::ids::AgentId;
+use mosaic_shared::ids::{AgentId, JobId};
 use mosaic_shared::time::unix_ms;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
-use crate::lifecycle::AgentState;
+use crate::job::backoff;
 use crate::profile::LaunchPlan;
-use crate::store::{Store, Transition, Transitioned};
+use crate::store::{AttemptEnd, Dispatched, Guarded, Outcome, Store};
 
-/// How many bytes of combined stdout/stderr an agent's record keeps.
+/// How many bytes of combined stdout/stderr an attempt's record keeps.
 pub const OUTPUT_TAIL_BYTES: usize = 4096;
 
-/// Why an agent is being killed; recorded as its error.
-pub type KillReason = String;
+/// Why a running attempt is being stopped; decides how it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Killed on request (the reason is recorded): the job is cancelled, never retried.
+    Requested(String),
+    /// Ran past its attempt timeout: counts as a failure.
+    Timeout(Duration),
+    /// The spoke is shutting down: the job goes back to the queue without counting a failure.
+    Shutdown,
+}
 
 struct Handle {
-    kill: watch::Sender<Option<KillReason>>,
+    job: JobId,
+    stop: watch::Sender<Option<Stop>>,
     done: watch::Receiver<bool>,
 }
 
 /// Outcome of a kill request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KillOutcome {
-    /// The agent has reached a terminal state.
+    /// The attempt has ended and its end is recorded.
     Ended,
-    /// No process of this spoke is supervising the agent (it already ended, or it belongs to an
-    /// earlier run of the spoke).
+    /// No task of this spoke process supervises the attempt (it already ended, or it belongs to
+    /// an earlier run of the spoke and awaits recovery).
     NotSupervised,
-    /// The agent had not ended when the wait ran out.
+    /// The attempt had not ended when the wait ran out; the stop carries on.
     StillEnding,
 }
 
-/// The agents this spoke process is supervising.
+/// The attempts this spoke process is supervising.
 pub struct Supervisor {
     store: Store,
     /// Held only to insert, look up or remove a handle; never across an await.
     running: Mutex<HashMap<AgentId, Handle>>,
+    /// Woken whenever an attempt ends, so the scheduler can fill the slot.
+    slot_freed: Arc<Notify>,
 }
 
 impl Supervisor {
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Store, slot_freed: Arc<Notify>) -> Arc<Self> {
         Arc::new(Supervisor {
             store,
             running: Mutex::new(HashMap::new()),
+            slot_freed,
         })
     }
 
-    /// Starts supervising an agent whose record exists in `spawning`.
-    pub fn launch(self: &Arc<Self>, agent: AgentId, plan: LaunchPlan) {
-        let (kill_tx, kill_rx) = watch::channel(None);
+    /// Starts supervising a dispatched attempt (recorded in `spawning`). `plan` is `Err` when
+    /// the job can no longer be launched here (its profile was removed, say): the attempt then
+    /// fails at once.
+    pub fn launch(self: &Arc<Self>, d: Dispatched, plan: Result<LaunchPlan, String>) {
+        let (stop_tx, stop_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(false);
         self.running
             .lock()
             .expect("supervisor map poisoned")
             .insert(
-                agent.clone(),
+                d.agent_id.clone(),
                 Handle {
-                    kill: kill_tx,
+                    job: d.job_id.clone(),
+                    stop: stop_tx,
                     done: done_rx,
                 },
             );
         let this = self.clone();
         tokio::spawn(async move {
-            let outcome = run(&plan, &agent, &this.store, kill_rx).await;
-            this.record(&agent, outcome).await;
+            let ended = match plan {
+                Ok(plan) => run(&plan, &d, &this.store, stop_rx).await,
+                Err(error) => Ended::failed(error),
+            };
+            this.record(&d, ended).await;
             this.running
                 .lock()
                 .expect("supervisor map poisoned")
-                .remove(&agent);
+                .remove(&d.agent_id);
             let _ = done_tx.send(true);
+            this.slot_freed.notify_one();
         });
     }
 
-    /// Asks the agent's supervisor to kill it and waits up to `wait` for it to end.
-    pub async fn kill(&self, agent: &AgentId, reason: &str, wait: Duration) -> KillOutcome {
+    /// Whether this process supervises the attempt.
+    pub fn supervises(&self, agent: &AgentId) -> bool {
+        self.running
+            .lock()
+            .expect("supervisor map poisoned")
+            .contains_key(agent)
+    }
+
+    /// The jobs of the attempts this process supervises (whose leases it must renew).
+    pub fn running_jobs(&self) -> Vec<JobId> {
+        self.running
+            .lock()
+            .expect("supervisor map poisoned")
+            .values()
+            .map(|h| h.job.clone())
+            .collect()
+    }
+
+    /// Asks the attempt's task to stop and waits up to `wait` for its end to be recorded.
+    pub async fn stop(&self, agent: &AgentId, why: Stop, wait: Duration) -> KillOutcome {
         let done = {
             let running = self.running.lock().expect("supervisor map poisoned");
             let Some(h) = running.get(agent) else {
                 return KillOutcome::NotSupervised;
             };
-            // Only the first reason counts; a second kill does not restart the grace period.
-            h.kill.send_if_modified(|r| {
+            // Only the first reason counts; a second stop does not restart the grace period.
+            h.stop.send_if_modified(|r| {
                 if r.is_none() {
-                    *r = Some(reason.to_owned());
+                    *r = Some(why);
                     true
                 } else {
                     false
@@ -109,15 +148,21 @@ impl Supervisor {
         wait_done(done, wait).await
     }
 
-    /// Kills every supervised agent (SIGTERM, then SIGKILL after its grace) and waits for all of
-    /// them to be recorded, so that nothing outlives the spoke.
-    pub async fn shutdown(&self, reason: &str, wait: Duration) {
+    /// Stops every supervised attempt as a shutdown (their jobs return to the queue) and waits
+    /// for all of them to be recorded, so that nothing outlives the spoke.
+    pub async fn shutdown(&self, wait: Duration) {
         let dones: Vec<_> = {
             let running = self.running.lock().expect("supervisor map poisoned");
             running
                 .values()
                 .map(|h| {
-                    let _ = h.kill.send(Some(reason.to_owned()));
+                    h.stop.send_if_modified(|r| {
+                        let first = r.is_none();
+                        if first {
+                            *r = Some(Stop::Shutdown);
+                        }
+                        first
+                    });
                     h.done.clone()
                 })
                 .collect()
@@ -127,35 +172,46 @@ impl Supervisor {
         }
     }
 
-    async fn record(&self, agent: &AgentId, outcome: Outcome) {
-        let t = Transition::finished(
-            outcome.state,
-            unix_ms(),
-            outcome.exit_code,
-            outcome.signal,
-            &outcome.error,
-            &outcome.output_tail,
-        );
+    async fn record(&self, d: &Dispatched, ended: Ended) {
+        let end = AttemptEnd {
+            outcome: ended.outcome,
+            retry_delay: backoff(d.backoff_base, d.backoff_cap, d.failures + 1, unit_random()),
+            error: ended.error,
+            exit_code: ended.exit_code,
+            signal: ended.signal,
+            output_tail: ended.output_tail,
+        };
         // Valkey may be restarting; the connection manager reconnects, so retry for a while
-        // rather than leave the agent looking alive.
+        // rather than leave the attempt looking alive (its lease would recover it eventually).
         for attempt in 0..20u32 {
-            match self.store.transition(agent, &t).await {
-                Ok(Transitioned::Applied { .. }) => {
-                    tracing::info!(%agent, state = %outcome.state, error = %outcome.error, "agent ended");
+            match self
+                .store
+                .attempt_ended(&d.job_id, &d.agent_id, unix_ms(), &end)
+                .await
+            {
+                Ok(Guarded::Applied(job_state)) => {
+                    tracing::info!(job = %d.job_id, agent = %d.agent_id, outcome = ?end.outcome, %job_state, error = %end.error, "attempt ended");
                     return;
                 }
-                Ok(Transitioned::Refused { current }) => {
-                    tracing::warn!(%agent, %current, wanted = %outcome.state, "terminal transition refused");
+                Ok(other) => {
+                    tracing::warn!(job = %d.job_id, agent = %d.agent_id, ?other, "attempt end refused");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(%agent, attempt, error = %e, "cannot record agent end; retrying");
+                    tracing::warn!(agent = %d.agent_id, attempt, error = %e, "cannot record attempt end; retrying");
                     tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt + 1))).await;
                 }
             }
         }
-        tracing::error!(%agent, "gave up recording agent end");
+        tracing::error!(agent = %d.agent_id, "gave up recording attempt end; its lease will expire");
     }
+}
+
+/// A uniform random number in [0, 1) from the operating system (for retry jitter).
+pub(crate) fn unit_random() -> f64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the operating system's random source is unavailable");
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 async fn wait_done(mut done: watch::Receiver<bool>, wait: Duration) -> KillOutcome {
@@ -166,42 +222,54 @@ async fn wait_done(mut done: watch::Receiver<bool>, wait: Duration) -> KillOutco
     }
 }
 
-/// How an agent ended, ready to record.
+/// How an attempt ended, ready to record.
 #[derive(Debug)]
-struct Outcome {
-    state: AgentState,
+struct Ended {
+    outcome: Outcome,
     exit_code: Option<i32>,
     signal: Option<i32>,
     error: String,
     output_tail: String,
 }
 
-impl Outcome {
+impl Ended {
     fn failed(error: String) -> Self {
-        Outcome {
-            state: AgentState::Failed,
+        Ended {
+            outcome: Outcome::Failed,
             exit_code: None,
             signal: None,
             error,
             output_tail: String::new(),
         }
     }
+
+    fn stopped(why: Stop) -> Self {
+        let (outcome, error) = match why {
+            Stop::Requested(reason) => (Outcome::Killed, reason),
+            Stop::Timeout(t) => (
+                Outcome::Failed,
+                format!("timed out after {} ms", t.as_millis()),
+            ),
+            Stop::Shutdown => (Outcome::Interrupted, "spoke shutting down".to_owned()),
+        };
+        Ended {
+            outcome,
+            ..Ended::failed(error)
+        }
+    }
 }
 
 async fn run(
     plan: &LaunchPlan,
-    agent: &AgentId,
+    d: &Dispatched,
     store: &Store,
-    mut kill: watch::Receiver<Option<KillReason>>,
-) -> Outcome {
-    if let Some(reason) = kill.borrow().clone() {
-        return Outcome {
-            state: AgentState::Killed,
-            ..Outcome::failed(reason)
-        };
+    mut stop: watch::Receiver<Option<Stop>>,
+) -> Ended {
+    if let Some(why) = stop.borrow().clone() {
+        return Ended::stopped(why);
     }
     if let Err(e) = tokio::fs::create_dir_all(&plan.workdir).await {
-        return Outcome::failed(format!(
+        return Ended::failed(format!(
             "cannot create working directory {}: {e}",
             plan.workdir.display()
         ));
@@ -220,14 +288,13 @@ async fn run(
         .spawn()
     {
         Ok(child) => child,
-        Err(e) => {
-            return Outcome::failed(format!("cannot start {}: {e}", program.display()));
-        }
+        Err(e) => return Ended::failed(format!("cannot start {}: {e}", program.display())),
     };
     let pid = child.id().expect("a just-spawned child has a pid");
     // process_group(0) makes the child the leader of a group whose id is its pid.
     let group = Pid::from_raw(pid as i32);
-    tracing::info!(%agent, pid, program = %program.display(), "agent started");
+    let started = process_start_time(pid).unwrap_or(0);
+    tracing::info!(job = %d.job_id, agent = %d.agent_id, attempt = d.attempt, pid, program = %program.display(), "attempt started");
 
     let tail = Arc::new(Mutex::new(Tail::default()));
     let readers = [
@@ -236,34 +303,42 @@ async fn run(
     ];
 
     match store
-        .transition(agent, &Transition::running(unix_ms(), pid))
+        .attempt_running(&d.job_id, &d.agent_id, unix_ms(), pid, started)
         .await
     {
-        Ok(Transitioned::Applied { .. }) => {}
+        Ok(Guarded::Applied(_)) => {}
         other => {
             // We cannot record that it runs, so it must not run.
             signal_group(group, Signal::SIGKILL);
             let _ = child.wait().await;
-            return Outcome::failed(format!("cannot record agent as running: {other:?}"));
+            return Ended::failed(format!("cannot record attempt as running: {other:?}"));
         }
     }
 
-    let kill_reason = tokio::select! {
+    let timeout = d.attempt_timeout;
+    let why = tokio::select! {
         status = child.wait() => {
             signal_group(group, Signal::SIGKILL);
             let tail = collect_tail(readers, &tail).await;
             return exited(status, tail);
         }
         // Clone inside the future: a watch guard must not live across the select's awaits.
-        reason = async { kill.wait_for(Option::is_some).await.map(|r| r.clone().unwrap_or_default()) } => reason,
+        why = async { stop.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
+            why.ok().flatten().unwrap_or(Stop::Shutdown)
+        }
+        () = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        } => Stop::Timeout(timeout.unwrap_or_default()),
     };
-    let reason = kill_reason.unwrap_or_else(|_| "supervisor stopped".to_owned());
-    tracing::info!(%agent, pid, %reason, "killing agent's process group");
+    tracing::info!(agent = %d.agent_id, pid, ?why, "stopping attempt's process group");
     signal_group(group, Signal::SIGTERM);
     let status = match tokio::time::timeout(plan.profile.kill_grace, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
-            tracing::info!(%agent, pid, grace = ?plan.profile.kill_grace, "grace expired; SIGKILL");
+            tracing::info!(agent = %d.agent_id, pid, grace = ?plan.profile.kill_grace, "grace expired; SIGKILL");
             signal_group(group, Signal::SIGKILL);
             child.wait().await
         }
@@ -271,31 +346,28 @@ async fn run(
     signal_group(group, Signal::SIGKILL);
     let output_tail = collect_tail(readers, &tail).await;
     let status = status.ok();
-    let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
-    let exit_code = status.and_then(|s| s.code());
-    Outcome {
-        state: AgentState::Killed,
-        exit_code,
-        signal,
-        error: reason,
+    Ended {
+        signal: status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+        exit_code: status.and_then(|s| s.code()),
         output_tail,
+        ..Ended::stopped(why)
     }
 }
 
-fn exited(status: std::io::Result<std::process::ExitStatus>, output_tail: String) -> Outcome {
+fn exited(status: std::io::Result<std::process::ExitStatus>, output_tail: String) -> Ended {
     let status = match status {
         Ok(s) => s,
-        Err(e) => return Outcome::failed(format!("cannot wait for agent: {e}")),
+        Err(e) => return Ended::failed(format!("cannot wait for the attempt: {e}")),
     };
     let signal = std::os::unix::process::ExitStatusExt::signal(&status);
-    let (state, error) = match (status.code(), signal) {
-        (Some(0), _) => (AgentState::Completed, String::new()),
-        (Some(code), _) => (AgentState::Failed, format!("exited with code {code}")),
-        (None, Some(sig)) => (AgentState::Failed, format!("terminated by signal {sig}")),
-        (None, None) => (AgentState::Failed, "ended without an exit status".into()),
+    let (outcome, error) = match (status.code(), signal) {
+        (Some(0), _) => (Outcome::Completed, String::new()),
+        (Some(code), _) => (Outcome::Failed, format!("exited with code {code}")),
+        (None, Some(sig)) => (Outcome::Failed, format!("terminated by signal {sig}")),
+        (None, None) => (Outcome::Failed, "ended without an exit status".into()),
     };
-    Outcome {
-        state,
+    Ended {
+        outcome,
         exit_code: status.code(),
         signal,
         error,
@@ -304,14 +376,38 @@ fn exited(status: std::io::Result<std::process::ExitStatus>, output_tail: String
 }
 
 /// Signals every process in the group; a group that is already gone is not an error.
-fn signal_group(group: Pid, signal: Signal) {
+pub(crate) fn signal_group(group: Pid, signal: Signal) {
     match killpg(group, signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!(?group, ?signal, error = %e, "cannot signal process group"),
     }
 }
 
-/// The last [`OUTPUT_TAIL_BYTES`] of what an agent wrote.
+/// A process's start time (clock ticks since boot, `/proc/<pid>/stat` field 22): with the pid,
+/// it identifies one process even after the pid is reused.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain anything; count after it.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is a live (not zombie) process that started at `start` (see
+/// [`process_start_time`]).
+pub fn is_same_live_process(pid: u32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("");
+    let started = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
+    state != "Z" && started == Some(start)
+}
+
+/// The last [`OUTPUT_TAIL_BYTES`] of what an attempt wrote.
 #[derive(Default)]
 struct Tail(VecDeque<u8>);
 
@@ -370,5 +466,25 @@ mod tests {
         assert!(t.0.iter().rev().take(3).eq(b"zyx".iter()));
         t.push(&vec![b'b'; OUTPUT_TAIL_BYTES * 3]);
         assert!(t.0.iter().all(|&b| b == b'b'));
+    }
+
+    #[test]
+    fn identifies_this_process_by_pid_and_start_time() {
+        let me = std::process::id();
+        let start = process_start_time(me).expect("own /proc entry");
+        assert!(is_same_live_process(me, start));
+        assert!(
+            !is_same_live_process(me, start + 1),
+            "a different start time is another process"
+        );
+        assert!(!is_same_live_process(u32::MAX - 1, start));
+    }
+
+    #[test]
+    fn random_units_are_in_range() {
+        for _ in 0..1000 {
+            let u = unit_random();
+            assert!((0.0..1.0).contains(&u));
+        }
     }
 }

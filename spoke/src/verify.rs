@@ -310,9 +310,7 @@ mod tests {
             key_id: key.id().to_string(),
             issued_at_ms: NOW - 1000,
             expires_at_ms: NOW + 60_000,
-            action: Some(pb::command::Action::Status(pb::Status {
-                agent_id: "a1".into(),
-            })),
+            action: Some(pb::command::Action::Status(pb::Status { id: "a1".into() })),
         }
     }
 

@@ -294,57 +294,87 @@ impl RawCommand {
     }
 }
 
+/// A spawn of `profile` with `args` that is never retried (so one attempt per job).
 pub fn spawn_action(profile: &str, args: &[&str]) -> pb::command::Action {
-    pb::command::Action::Spawn(pb::Spawn {
+    spawn_with(profile, args, |s| s.max_retries = Some(0))
+}
+
+/// A spawn of `profile` with `args`, adjusted by `f` (scheduling options, env, workdir).
+pub fn spawn_with(
+    profile: &str,
+    args: &[&str],
+    f: impl FnOnce(&mut pb::Spawn),
+) -> pb::command::Action {
+    let mut s = pb::Spawn {
         profile: profile.into(),
         workspace: "ws-test".into(),
         args: args.iter().map(|s| s.to_string()).collect(),
-        env: Default::default(),
-        workdir: String::new(),
-    })
+        ..Default::default()
+    };
+    f(&mut s);
+    pb::command::Action::Spawn(s)
 }
 
-pub fn status_action(agent: &str) -> pb::command::Action {
-    pb::command::Action::Status(pb::Status {
-        agent_id: agent.into(),
-    })
+pub fn status_action(id: &str) -> pb::command::Action {
+    pb::command::Action::Status(pb::Status { id: id.into() })
 }
 
-pub fn kill_action(agent: &str) -> pb::command::Action {
-    pb::command::Action::Kill(pb::Kill {
-        agent_id: agent.into(),
-    })
+pub fn kill_action(id: &str) -> pb::command::Action {
+    pb::command::Action::Kill(pb::Kill { id: id.into() })
 }
 
-/// Polls status until `done` holds for the agent's state, or fails after `within`.
+/// The job in a receipt (spawn, status, kill).
+pub fn job_of(r: &mosaic_hub::spokes::Receipt) -> &pb::JobStatus {
+    r.job().expect("the receipt carries a job")
+}
+
+/// Polls status until `done` holds for the job's state, or fails after `within`.
 pub async fn wait_for(
     hub: &HubConfig,
     client: &SpokeClient,
-    agent: &str,
+    job: &str,
     within: Duration,
-    done: impl Fn(pb::AgentState) -> bool,
-) -> anyhow::Result<pb::AgentStatus> {
+    done: impl Fn(pb::JobState) -> bool,
+) -> anyhow::Result<pb::JobStatus> {
     let deadline = Instant::now() + within;
     loop {
-        let r = client.execute(&hub.signer, status_action(agent)).await?;
-        if done(r.agent.state()) {
-            return Ok(r.agent);
+        let r = client.execute(&hub.signer, status_action(job)).await?;
+        let j = job_of(&r);
+        if done(j.state()) {
+            return Ok(j.clone());
         }
         if Instant::now() > deadline {
-            bail!("agent {agent} still {:?} after {within:?}", r.agent.state());
+            bail!("job {job} still {:?} after {within:?}", j.state());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// Polls until the job's latest attempt is running (its process exists); returns that attempt.
+pub async fn wait_running(
+    hub: &HubConfig,
+    client: &SpokeClient,
+    job: &str,
+) -> anyhow::Result<pb::AgentStatus> {
+    let j = wait_for(hub, client, job, Duration::from_secs(10), |s| {
+        s == pb::JobState::Executing || terminal(s)
+    })
+    .await?;
+    j.attempt_history
+        .last()
+        .cloned()
+        .filter(|a| a.state() == pb::AgentState::Running)
+        .ok_or_else(|| anyhow::anyhow!("job {job} ended before it was seen running: {j:?}"))
+}
+
 impl Federation {
-    /// Sends `action` (a spawn) through `client` and waits up to 10 s for the agent to end.
-    /// Returns the spawn's receipt and the agent's final status.
+    /// Sends `action` (a spawn) through `client` and waits up to 10 s for the job to end.
+    /// Returns the spawn's receipt and the job's final status.
     pub async fn run_to_end(
         &self,
         client: &SpokeClient,
         action: pb::command::Action,
-    ) -> (mosaic_hub::spokes::Receipt, pb::AgentStatus) {
+    ) -> (mosaic_hub::spokes::Receipt, pb::JobStatus) {
         let receipt = client
             .execute(&self.hub.signer, action)
             .await
@@ -352,7 +382,7 @@ impl Federation {
         let done = wait_for(
             &self.hub,
             client,
-            &receipt.agent.agent_id,
+            &job_of(&receipt).job_id,
             Duration::from_secs(10),
             terminal,
         )
@@ -362,8 +392,8 @@ impl Federation {
     }
 }
 
-pub fn terminal(s: pb::AgentState) -> bool {
-    mosaic_hub::cli::is_terminal(s)
+pub fn terminal(s: pb::JobState) -> bool {
+    mosaic_hub::cli::is_job_terminal(s)
 }
 
 /// The `x-mosaic-reason` a spoke attached to a refusal.

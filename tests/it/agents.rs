@@ -1,5 +1,6 @@
-//! Agents run, fail, and are killed as real processes; their lifecycle is read back from the
-//! spoke through signed status commands and checked against the spoke's Valkey.
+//! Jobs run their attempts as real processes that complete, fail, are killed and time out;
+//! their state is read back through signed status commands and checked against the spoke's
+//! Valkey.
 
 use std::time::{Duration, Instant};
 
@@ -21,18 +22,36 @@ fn pair(from: &str, to: &str) -> (String, String) {
     (from.to_owned(), to.to_owned())
 }
 
+fn only_attempt(j: &pb::JobStatus) -> &pb::AgentStatus {
+    assert_eq!(j.attempt_history.len(), 1, "{j:?}");
+    &j.attempt_history[0]
+}
+
 #[tokio::test]
 async fn spawn_runs_to_completed_with_output_and_events() {
     let fed = Federation::builder().spoke("a").start().await.unwrap();
     let a = fed.client("a").await.unwrap();
-    let (r, done) = fed
+    let (r, job) = fed
         .run_to_end(&a, spawn_action("echo", &["hello", "world"]))
         .await;
-    assert_eq!(r.agent.state(), pb::AgentState::Spawning);
-    assert_eq!(r.agent.profile, "echo");
-    assert_eq!(r.agent.workspace, "ws-test");
-    assert_eq!(r.agent.command_id, r.command_id.to_string());
-    assert_eq!(done.state(), pb::AgentState::Completed, "{done:?}");
+    let queued = job_of(&r);
+    assert!(
+        matches!(
+            queued.state(),
+            pb::JobState::Pending | pb::JobState::Assigned | pb::JobState::Executing
+        ),
+        "{queued:?}"
+    );
+    assert_eq!(queued.profile, "echo");
+    assert_eq!(queued.workspace, "ws-test");
+    assert_eq!(queued.command_id, r.command_id.to_string());
+
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    assert_eq!((job.attempts, job.failures), (1, 0));
+    let done = only_attempt(&job);
+    assert_eq!(done.state(), pb::AgentState::Completed);
+    assert_eq!(done.job_id, job.job_id);
+    assert_eq!(done.attempt, 1);
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(done.signal, None);
     assert_eq!(done.error, "");
@@ -53,22 +72,26 @@ async fn spawn_runs_to_completed_with_output_and_events() {
             pair("running", "completed")
         ]
     );
+    // Status answers for the attempt's agent id too, with the whole job.
+    let by_agent = a
+        .execute(&fed.hub.signer, status_action(&done.agent_id))
+        .await
+        .unwrap();
+    assert_eq!(job_of(&by_agent).job_id, job.job_id);
 }
 
 #[tokio::test]
 async fn agent_gets_only_allowed_env_and_its_workdir() {
     let fed = Federation::builder().spoke("a").start().await.unwrap();
     let a = fed.client("a").await.unwrap();
-    let spawn = pb::command::Action::Spawn(pb::Spawn {
-        profile: "sh".into(),
-        workspace: "ws-test".into(),
-        args: vec!["pwd; env | sort".into()],
-        env: [("GREETING".to_string(), "hi there".to_string())].into(),
-        workdir: "jobs/42".into(),
+    let spawn = spawn_with("sh", &["pwd; env | sort"], |s| {
+        s.env = [("GREETING".to_string(), "hi there".to_string())].into();
+        s.workdir = "jobs/42".into();
+        s.max_retries = Some(0);
     });
-    let (_, done) = fed.run_to_end(&a, spawn).await;
-    assert_eq!(done.state(), pb::AgentState::Completed, "{done:?}");
-    let mut lines = done.output_tail.lines();
+    let (_, job) = fed.run_to_end(&a, spawn).await;
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    let mut lines = only_attempt(&job).output_tail.lines();
     let cwd = lines.next().unwrap();
     let root = fed.workdir_root("a", "sh").canonicalize().unwrap();
     assert_eq!(std::path::Path::new(cwd), root.join("jobs/42"));
@@ -89,9 +112,12 @@ async fn agent_gets_only_allowed_env_and_its_workdir() {
 async fn failing_program_ends_failed_with_its_exit_code() {
     let fed = Federation::builder().spoke("a").start().await.unwrap();
     let a = fed.client("a").await.unwrap();
-    let (_, done) = fed
+    let (_, job) = fed
         .run_to_end(&a, spawn_action("sh", &["echo oops >&2; exit 7"]))
         .await;
+    assert_eq!(job.state(), pb::JobState::Failed);
+    assert_eq!(job.error, "exited with code 7");
+    let done = only_attempt(&job);
     assert_eq!(done.state(), pb::AgentState::Failed);
     assert_eq!(done.exit_code, Some(7));
     assert_eq!(done.error, "exited with code 7");
@@ -133,8 +159,9 @@ async fn a_program_that_cannot_start_fails_from_spawning() {
         .unwrap();
     std::fs::remove_file(&program).unwrap();
     let a = fed.client("a").await.unwrap();
-    let (_, done) = fed.run_to_end(&a, spawn_action("missing", &[])).await;
-    assert_eq!(done.state(), pb::AgentState::Failed);
+    let (_, job) = fed.run_to_end(&a, spawn_action("missing", &[])).await;
+    assert_eq!(job.state(), pb::JobState::Failed);
+    let done = only_attempt(&job);
     assert!(
         done.error
             .starts_with(&format!("cannot start {}: No such file", program.display())),
@@ -149,7 +176,7 @@ async fn a_program_that_cannot_start_fails_from_spawning() {
 }
 
 /// Reads whitespace-separated pids from a file the agent writes, waiting for it to appear.
-async fn read_pids(path: &std::path::Path, count: usize) -> Vec<i32> {
+pub async fn read_pids(path: &std::path::Path, count: usize) -> Vec<i32> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {
@@ -180,26 +207,26 @@ async fn kill_ends_the_agent_and_its_children() {
         .execute(&fed.hub.signer, spawn_action("sh", &[script]))
         .await
         .unwrap();
-    let id = r.agent.agent_id.clone();
+    let id = job_of(&r).job_id.clone();
     let children = read_pids(&fed.workdir_root("a", "sh").join("pids"), 2).await;
-    let running = wait_for(&fed.hub, &a, &id, Duration::from_secs(5), |s| {
-        s == pb::AgentState::Running
-    })
-    .await
-    .unwrap();
+    let running = wait_running(&fed.hub, &a, &id).await.unwrap();
     let leader = running.pid.unwrap() as i32;
     assert!(alive(leader) && children.iter().all(|&p| alive(p)));
 
     let started = Instant::now();
     let killed = a.execute(&fed.hub.signer, kill_action(&id)).await.unwrap();
     let took = started.elapsed();
-    assert_eq!(killed.agent.state(), pb::AgentState::Killed, "{killed:?}");
-    assert_eq!(killed.agent.signal, Some(15), "sh dies of SIGTERM");
+    let job = job_of(&killed);
+    assert_eq!(job.state(), pb::JobState::Cancelled, "{job:?}");
+    let attempt = only_attempt(job);
+    assert_eq!(attempt.state(), pb::AgentState::Killed);
+    assert_eq!(attempt.signal, Some(15), "sh dies of SIGTERM");
     assert!(
-        killed.agent.error.starts_with("killed by hub hub"),
+        attempt.error.starts_with("killed by hub hub"),
         "{}",
-        killed.agent.error
+        attempt.error
     );
+    assert!(job.error.starts_with("killed by hub hub"), "{}", job.error);
     // Well within the 1 s grace: SIGTERM was enough.
     assert!(took < Duration::from_secs(1), "kill took {took:?}");
     assert!(!alive(leader), "agent process {leader} survived");
@@ -210,7 +237,7 @@ async fn kill_ends_the_agent_and_its_children() {
         );
     }
     assert_eq!(
-        lifecycle(&fed, "a", &id).await,
+        lifecycle(&fed, "a", &attempt.agent_id).await,
         vec![
             pair("", "spawning"),
             pair("spawning", "running"),
@@ -218,10 +245,16 @@ async fn kill_ends_the_agent_and_its_children() {
         ]
     );
 
-    // Killing again is harmless and reports the same end.
+    // Killing again is harmless and reports the same end; a killed job is never retried.
     let again = a.execute(&fed.hub.signer, kill_action(&id)).await.unwrap();
-    assert_eq!(again.agent.state(), pb::AgentState::Killed);
-    assert_eq!(again.agent.finished_at_ms, killed.agent.finished_at_ms);
+    assert_eq!(job_of(&again).state(), pb::JobState::Cancelled);
+    assert_eq!(job_of(&again).finished_at_ms, job.finished_at_ms);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = a
+        .execute(&fed.hub.signer, status_action(&id))
+        .await
+        .unwrap();
+    assert_eq!(job_of(&later).attempts, 1);
 }
 
 #[tokio::test]
@@ -236,12 +269,13 @@ async fn an_agent_ignoring_sigterm_is_sigkilled_after_the_grace() {
     let pid = read_pids(&fed.workdir_root("a", "sh").join("pids"), 1).await[0];
     let started = Instant::now();
     let killed = a
-        .execute(&fed.hub.signer, kill_action(&r.agent.agent_id))
+        .execute(&fed.hub.signer, kill_action(&job_of(&r).job_id))
         .await
         .unwrap();
     let took = started.elapsed();
-    assert_eq!(killed.agent.state(), pb::AgentState::Killed);
-    assert_eq!(killed.agent.signal, Some(9), "{killed:?}");
+    let attempt = only_attempt(job_of(&killed));
+    assert_eq!(attempt.state(), pb::AgentState::Killed);
+    assert_eq!(attempt.signal, Some(9), "{attempt:?}");
     // The profile's grace is 1 s: SIGKILL must come after it, and promptly.
     assert!(
         took >= Duration::from_millis(1000) && took < Duration::from_secs(4),
@@ -251,7 +285,32 @@ async fn an_agent_ignoring_sigterm_is_sigkilled_after_the_grace() {
 }
 
 #[tokio::test]
-async fn status_of_an_unknown_agent_is_not_found() {
+async fn an_attempt_past_its_timeout_is_killed_and_counts_as_a_failure() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    let spawn = spawn_with("sh", &["sleep 30"], |s| {
+        s.attempt_timeout_ms = Some(300);
+        s.max_retries = Some(1);
+        s.backoff_base_ms = Some(100);
+    });
+    let started = Instant::now();
+    let (_, job) = fed.run_to_end(&a, spawn).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(job.state(), pb::JobState::Failed, "{job:?}");
+    assert_eq!(
+        (job.attempts, job.failures),
+        (2, 2),
+        "retried once, then out of retries"
+    );
+    for attempt in &job.attempt_history {
+        assert_eq!(attempt.state(), pb::AgentState::Failed);
+        assert_eq!(attempt.error, "timed out after 300 ms");
+        assert_eq!(attempt.signal, Some(15));
+    }
+}
+
+#[tokio::test]
+async fn status_of_an_unknown_id_is_not_found() {
     let fed = Federation::builder().spoke("a").start().await.unwrap();
     let a = fed.client("a").await.unwrap();
     let id = uuid::Uuid::now_v7().to_string();
@@ -261,7 +320,7 @@ async fn status_of_an_unknown_agent_is_not_found() {
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains(&format!("agent {id} not found")) && text.contains("NotFound"),
+        text.contains(&format!("job or agent {id} not found")) && text.contains("NotFound"),
         "{text}"
     );
     let err = a
@@ -272,7 +331,7 @@ async fn status_of_an_unknown_agent_is_not_found() {
 }
 
 #[tokio::test]
-async fn stopping_a_spoke_kills_its_agents() {
+async fn stopping_a_spoke_ends_its_attempts_and_requeues_their_jobs() {
     let mut fed = Federation::builder().spoke("a").start().await.unwrap();
     let a = fed.client("a").await.unwrap();
     let r = a
@@ -284,7 +343,7 @@ async fn stopping_a_spoke_kills_its_agents() {
         .unwrap();
     let pid = read_pids(&fed.workdir_root("a", "sh").join("pids"), 1).await[0];
     assert!(alive(pid));
-    // Graceful stop: SIGTERM to the spoke, which ends its agents before it exits.
+    // Graceful stop: SIGTERM to the spoke, which ends its attempts before it exits.
     fed.kill_spoke_gracefully("a");
     assert!(
         gone_within(pid, Duration::from_secs(2)).await,
@@ -293,13 +352,19 @@ async fn stopping_a_spoke_kills_its_agents() {
     let store = Store::connect(&fed.valkey_url(), &spoke_id("a"))
         .await
         .unwrap();
-    let rec = store
-        .agent(&r.agent.agent_id.parse().unwrap())
+    let (job, attempts) = store
+        .job_with_attempts(&job_of(&r).job_id.parse().unwrap())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rec.state.as_str(), "killed");
-    assert_eq!(rec.error, "spoke shutting down");
+    assert_eq!(
+        job.state.as_str(),
+        "pending",
+        "an interrupted job goes back to the queue"
+    );
+    assert_eq!(job.failures, 0, "a shutdown is not the job's failure");
+    assert_eq!(attempts[0].state.as_str(), "failed");
+    assert_eq!(attempts[0].error, "spoke shutting down");
 }
 
 #[tokio::test]
@@ -315,7 +380,7 @@ async fn a_command_whose_caller_gave_up_still_finishes_and_answers_the_retry() {
     read_pids(&fed.workdir_root("a", "sh").join("pids"), 1).await;
 
     let hub_key = fed.key(HUB);
-    let kill = RawCommand::new(HUB, "a", &hub_key, kill_action(&r.agent.agent_id)).seal(&hub_key);
+    let kill = RawCommand::new(HUB, "a", &hub_key, kill_action(&job_of(&r).job_id)).seal(&hub_key);
     let mut client = fed.raw_client("a", &fed.hub_tls(HUB)).await.unwrap();
     let mut impatient = tonic::Request::new(kill.clone());
     impatient.set_timeout(Duration::from_millis(100));
@@ -326,7 +391,9 @@ async fn a_command_whose_caller_gave_up_still_finishes_and_answers_the_retry() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let receipt = client.execute(kill).await.unwrap().into_inner();
     let receipt = <pb::Receipt as prost::Message>::decode(receipt.receipt.as_slice()).unwrap();
-    let agent = receipt.agent.unwrap();
-    assert_eq!(agent.state(), pb::AgentState::Killed);
-    assert_eq!(agent.signal, Some(9));
+    let Some(pb::receipt::Result::Job(job)) = receipt.result else {
+        panic!("no job in {receipt:?}");
+    };
+    assert_eq!(job.state(), pb::JobState::Cancelled);
+    assert_eq!(only_attempt(&job).signal, Some(9));
 }

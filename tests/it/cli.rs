@@ -24,7 +24,15 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("state      completed"), "{out}");
-    assert!(out.contains("exit code  0"), "{out}");
+    assert!(
+        out.contains("attempts   1 (0 failed; up to 3 retries)"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("attempt 1  ") && l.contains("  completed  exit 0  pid ")),
+        "{out}"
+    );
     assert!(out.contains("output     hi there"), "{out}");
 
     let (code, out, err) = hub_cli(
@@ -40,14 +48,26 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
             "--workspace",
             "ws1",
             "--wait",
+            "--max-retries",
+            "1",
+            "--backoff-base",
+            "50ms",
+            "--priority",
+            "9",
             "--",
             "exit 3",
         ],
     );
-    assert_eq!(code, 3, "a failed agent under --wait exits 3: {err}");
+    assert_eq!(code, 3, "a failed job under --wait exits 3: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["state"], "failed");
-    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["priority"], 9);
+    assert_eq!(
+        (v["attempts"].as_u64(), v["failures"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(v["attempt_history"][1]["exit_code"], 3);
+    assert_eq!(v["attempt_history"][1]["attempt"], 2);
     assert_eq!(v["spoke"], "a");
     assert!(v["round_trip_ms"].as_f64().unwrap() > 0.0);
 
@@ -68,24 +88,31 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
         ],
     );
     assert_eq!(code, 0);
-    let agent = serde_json::from_str::<serde_json::Value>(&out).unwrap()["agent_id"]
+    let job = serde_json::from_str::<serde_json::Value>(&out).unwrap()["job_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let (code, out, err) = hub_cli(&fed, &["kill", "--spoke", "a", &agent]);
+    let (code, out, err) = hub_cli(&fed, &["kill", "--spoke", "a", &job]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("state      killed"), "{out}");
-    let (code, out, _) = hub_cli(&fed, &["-o", "json", "status", "--spoke", "a", &agent]);
-    assert_eq!(code, 0);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["state"],
-        "killed"
+    assert!(out.contains("state      cancelled"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("attempt 1  ") && l.contains("  killed  signal 15")),
+        "{out}"
     );
+    let (code, out, _) = hub_cli(&fed, &["-o", "json", "status", "--spoke", "a", &job]);
+    assert_eq!(code, 0);
+    let v = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(v["state"], "cancelled");
+    assert_eq!(v["attempt_history"][0]["state"], "killed");
 
     let missing = uuid::Uuid::now_v7().to_string();
     let (code, _, err) = hub_cli(&fed, &["status", "--spoke", "a", &missing]);
-    assert_eq!(code, 4, "an unknown agent exits 4");
-    assert!(err.contains(&format!("agent {missing} not found")), "{err}");
+    assert_eq!(code, 4, "an unknown job exits 4");
+    assert!(
+        err.contains(&format!("job or agent {missing} not found")),
+        "{err}"
+    );
 
     let (code, _, err) = hub_cli(&fed, &["status", "--spoke", "zz", &missing]);
     assert_eq!(code, 1);
@@ -280,5 +307,11 @@ fn the_quickstart_demo_runs() {
     );
     assert!(stdout.contains("state      completed"), "{stdout}");
     assert!(stdout.contains("output     hello from spoke-a"), "{stdout}");
-    assert!(stdout.contains("state      killed"), "{stdout}");
+    assert!(
+        stdout.contains("attempts   3 (2 failed; up to 2 retries)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("output     third time lucky"), "{stdout}");
+    assert!(stdout.contains("state      cancelled"), "{stdout}");
+    assert!(stdout.contains("4. round trip"), "{stdout}");
 }

@@ -341,13 +341,13 @@ async fn a_replayed_command_runs_once_and_returns_the_original_receipt() {
     let done = wait_for(
         &fed.hub,
         &a,
-        &receipt.agent.agent_id,
+        &job_of(&receipt).job_id,
         Duration::from_secs(10),
         terminal,
     )
     .await
     .unwrap();
-    assert_eq!(done.state(), pb::AgentState::Completed);
+    assert_eq!(done.state(), pb::JobState::Completed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let runs = std::fs::read_to_string(fed.workdir_root("a", "sh").join("runs")).unwrap();
     assert_eq!(runs, "ran\n", "the command ran more than once");
@@ -388,6 +388,7 @@ async fn spawns_outside_the_operators_profiles_are_refused() {
         args: vec!["true".into()],
         env: Default::default(),
         workdir: "../../etc".into(),
+        ..Default::default()
     };
     let (code, why, msg) = refused(
         a.execute(&fed.hub.signer, pb::command::Action::Spawn(spawn.clone()))

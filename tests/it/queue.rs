@@ -277,6 +277,9 @@ async fn retention_deletes_old_and_excess_finished_jobs_with_their_attempts() {
         let j = new_job("p", options(5));
         s.enqueue(&j, T0).await.unwrap();
         let d = dispatch(&s, T0, 10, &[]).await.unwrap();
+        s.attempt_running(&d.job_id, &d.agent_id, T0, 1, 1)
+            .await
+            .unwrap();
         s.attempt_ended(
             &d.job_id,
             &d.agent_id,
@@ -494,11 +497,17 @@ async fn check(s: &Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Outcome::Killed,
                     Outcome::Interrupted,
                 ][o as usize];
-                let (agent, _) = m.jobs[i].attempt.take().unwrap();
+                let (agent, started) = m.jobs[i].attempt.take().unwrap();
                 let r = s
                     .attempt_ended(&m.jobs[i].id, &agent, now, &end(outcome, 500))
                     .await
                     .unwrap();
+                if outcome == Outcome::Completed && !started {
+                    // Only a running attempt can complete; nothing changes.
+                    prop_assert_eq!(r, Guarded::Refused("spawning".into()));
+                    m.jobs[i].attempt = Some((agent, started));
+                    continue;
+                }
                 let j = &mut m.jobs[i];
                 j.state = match outcome {
                     Outcome::Completed => JobState::Completed,

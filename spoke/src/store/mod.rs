@@ -1,8 +1,8 @@
 //! The spoke's durable state in Valkey: replay records, agent records, lifecycle events.
 //!
-//! Every agent state change is one Lua script that checks the current state against the
-//! lifecycle table, updates the record and appends the event together, so no reader ever sees a
-//! state without its event or an invalid transition. Scripts are invoked by SHA and reloaded
+//! Every job and attempt state change is one Lua script (in [`queue`]) that checks the current
+//! state, updates the records, moves the queue entry and appends the events together, so no
+//! reader ever sees a state without its event or an invalid transition. Scripts are invoked by SHA and reloaded
 //! transparently after `NOSCRIPT` (a restarted Valkey). Key names come only from [`keys`].
 //! This module never starts processes and never decides policy.
 
@@ -16,7 +16,7 @@ pub use queue::{
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mosaic_shared::ids::{AgentId, CommandId, HubId, ProfileName, SpokeId, WorkspaceId};
+use mosaic_shared::ids::{AgentId, CommandId, HubId, JobId, ProfileName, SpokeId, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands as _, Script};
@@ -24,7 +24,7 @@ use redis::{AsyncCommands as _, Script};
 use crate::lifecycle::AgentState;
 use keys::Keys;
 
-/// Approximate cap on the lifecycle event stream until the events issue gives it a policy.
+/// Approximate cap on the event stream until the events issue gives it a policy.
 const EVENTS_MAXLEN: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +33,6 @@ pub enum StoreError {
     Unreachable { url: String, reason: String },
     #[error("valkey: {0}")]
     Valkey(#[from] redis::RedisError),
-    #[error("agent {0} does not exist")]
-    NoSuchAgent(AgentId),
     #[error("agent record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -50,22 +48,13 @@ pub enum Claim {
     Done(Vec<u8>),
 }
 
-/// The outcome of a transition script.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Transitioned {
-    Applied {
-        from: AgentState,
-    },
-    /// The lifecycle table forbids leaving `current` for the requested state; nothing changed.
-    Refused {
-        current: AgentState,
-    },
-}
-
 /// An agent as recorded in Valkey.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
     pub agent_id: AgentId,
+    /// The job this agent is an attempt of, and which attempt (1 = the first).
+    pub job_id: JobId,
+    pub attempt: u32,
     pub profile: ProfileName,
     pub workspace: WorkspaceId,
     pub command_id: CommandId,
@@ -77,6 +66,8 @@ pub struct AgentRecord {
     pub signal: Option<i32>,
     pub error: String,
     pub pid: Option<u32>,
+    /// The process's start time (see `runner::process_start_time`), to recognise it later.
+    pub proc_start: Option<u64>,
     pub output_tail: String,
 }
 
@@ -93,6 +84,8 @@ impl AgentRecord {
                 .transpose()
         }
         let agent_id = take("agent_id")?;
+        let job_id = take("job_id")?;
+        let attempt = take("attempt")?;
         let profile = take("profile")?;
         let workspace = take("workspace")?;
         let command_id = take("command_id")?;
@@ -100,6 +93,10 @@ impl AgentRecord {
         let created = take("created_at_ms")?;
         Ok(AgentRecord {
             agent_id: agent_id.parse().map_err(|e| corrupt(format!("{e}")))?,
+            job_id: job_id.parse().map_err(|e| corrupt(format!("{e}")))?,
+            attempt: attempt
+                .parse()
+                .map_err(|_| corrupt("attempt is not a number".into()))?,
             profile: profile.parse().map_err(|e| corrupt(format!("{e}")))?,
             workspace: workspace.parse().map_err(|e| corrupt(format!("{e}")))?,
             command_id: command_id.parse().map_err(|e| corrupt(format!("{e}")))?,
@@ -112,6 +109,7 @@ impl AgentRecord {
             exit_code: num(h.remove("exit_code"), "exit_code").map_err(corrupt)?,
             signal: num(h.remove("signal"), "signal").map_err(corrupt)?,
             pid: num(h.remove("pid"), "pid").map_err(corrupt)?,
+            proc_start: num(h.remove("proc_start"), "proc_start").map_err(corrupt)?,
             error: h.remove("error").unwrap_or_default(),
             output_tail: h.remove("output_tail").unwrap_or_default(),
         })
@@ -132,90 +130,11 @@ impl AgentRecord {
             pid: self.pid,
             command_id: self.command_id.to_string(),
             output_tail: self.output_tail.clone(),
+            job_id: self.job_id.to_string(),
+            attempt: self.attempt,
         }
     }
 }
-
-/// A requested change of state with the fields recorded alongside it.
-#[derive(Debug, Clone)]
-pub struct Transition {
-    pub to: AgentState,
-    pub at_ms: i64,
-    fields: Vec<(&'static str, String)>,
-}
-
-impl Transition {
-    /// spawning → running: the process exists.
-    pub fn running(at_ms: i64, pid: u32) -> Self {
-        Transition {
-            to: AgentState::Running,
-            at_ms,
-            fields: vec![
-                ("started_at_ms", at_ms.to_string()),
-                ("pid", pid.to_string()),
-            ],
-        }
-    }
-
-    /// Into a terminal state, with how the process ended (if it ever ran).
-    pub fn finished(
-        to: AgentState,
-        at_ms: i64,
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        error: &str,
-        output_tail: &str,
-    ) -> Self {
-        debug_assert!(to.is_terminal());
-        let mut fields = vec![("finished_at_ms", at_ms.to_string())];
-        if let Some(c) = exit_code {
-            fields.push(("exit_code", c.to_string()));
-        }
-        if let Some(s) = signal {
-            fields.push(("signal", s.to_string()));
-        }
-        fields.push(("error", error.to_owned()));
-        fields.push(("output_tail", output_tail.to_owned()));
-        Transition { to, at_ms, fields }
-    }
-}
-
-const CREATE_AGENT: &str = r"
--- KEYS: agent hash, agents index, events stream
--- ARGV: agent id, created_at_ms, workspace, events maxlen, then field/value pairs
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.error_reply('EXISTS agent ' .. ARGV[1] .. ' already exists')
-end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], 'state', 'spawning', unpack(fields))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-  'kind', 'agent.lifecycle', 'agent_id', ARGV[1], 'workspace', ARGV[3],
-  'from', '', 'to', 'spawning', 'at_ms', ARGV[2])
-return 1
-";
-
-const TRANSITION: &str = r"
--- KEYS: agent hash, events stream
--- ARGV: agent id, target state, allowed source states (space separated), at_ms,
---       events maxlen, then field/value pairs
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {-1, ''} end
-local allowed = false
-for s in string.gmatch(ARGV[3], '%S+') do
-  if s == current then allowed = true end
-end
-if not allowed then return {0, current} end
-local fields = {'state', ARGV[2]}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-  'kind', 'agent.lifecycle', 'agent_id', ARGV[1],
-  'workspace', redis.call('HGET', KEYS[1], 'workspace'),
-  'from', current, 'to', ARGV[2], 'at_ms', ARGV[4])
-return {1, current}
-";
 
 const RELEASE_COMMAND: &str = r"
 -- KEYS: command record. Deletes it only while it is still the in-flight marker.
@@ -229,8 +148,6 @@ return 0
 pub struct Store {
     con: ConnectionManager,
     keys: Keys,
-    create_agent: Script,
-    transition: Script,
     release_command: Script,
     queue: queue::QueueScripts,
 }
@@ -258,8 +175,6 @@ impl Store {
         Ok(Store {
             con,
             keys: Keys::new(spoke),
-            create_agent: Script::new(CREATE_AGENT),
-            transition: Script::new(TRANSITION),
             release_command: Script::new(RELEASE_COMMAND),
             queue: queue::QueueScripts::new(),
         })
@@ -318,68 +233,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records a new agent in `spawning`, indexes it and appends its first event.
-    pub async fn create_agent(&self, rec: &AgentRecord) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
-        let mut inv = self.create_agent.prepare_invoke();
-        inv.key(self.keys.agent(&rec.agent_id))
-            .key(self.keys.agents())
-            .key(self.keys.events())
-            .arg(rec.agent_id.as_str())
-            .arg(rec.created_at_ms)
-            .arg(rec.workspace.as_str())
-            .arg(EVENTS_MAXLEN);
-        for (f, v) in [
-            ("agent_id", rec.agent_id.as_str()),
-            ("profile", rec.profile.as_str()),
-            ("workspace", rec.workspace.as_str()),
-            ("command_id", rec.command_id.as_str()),
-        ] {
-            inv.arg(f).arg(v);
-        }
-        inv.arg("created_at_ms").arg(rec.created_at_ms);
-        let _: i64 = inv.invoke_async(&mut con).await?;
-        Ok(())
-    }
-
-    /// Applies `t` if the lifecycle table allows it from the agent's current state.
-    pub async fn transition(
-        &self,
-        agent: &AgentId,
-        t: &Transition,
-    ) -> Result<Transitioned, StoreError> {
-        let mut con = self.con.clone();
-        let allowed: Vec<&str> = t.to.may_enter_from().iter().map(|s| s.as_str()).collect();
-        let mut inv = self.transition.prepare_invoke();
-        inv.key(self.keys.agent(agent))
-            .key(self.keys.events())
-            .arg(agent.as_str())
-            .arg(t.to.as_str())
-            .arg(allowed.join(" "))
-            .arg(t.at_ms)
-            .arg(EVENTS_MAXLEN);
-        for (f, v) in &t.fields {
-            inv.arg(*f).arg(v);
-        }
-        let (code, state): (i64, String) = inv.invoke_async(&mut con).await?;
-        let parse = |s: &str| {
-            s.parse::<AgentState>()
-                .map_err(|reason| StoreError::Corrupt {
-                    key: self.keys.agent(agent),
-                    reason,
-                })
-        };
-        match code {
-            1 => Ok(Transitioned::Applied {
-                from: parse(&state)?,
-            }),
-            0 => Ok(Transitioned::Refused {
-                current: parse(&state)?,
-            }),
-            _ => Err(StoreError::NoSuchAgent(agent.clone())),
-        }
-    }
-
     pub async fn agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
         let mut con = self.con.clone();
         let key = self.keys.agent(id);
@@ -404,7 +257,9 @@ impl Store {
         Ok(reply
             .ids
             .iter()
-            .filter(|e| field(e, "agent_id") == agent.as_str())
+            .filter(|e| {
+                field(e, "kind") == "agent.lifecycle" && field(e, "agent_id") == agent.as_str()
+            })
             .map(|e| (field(e, "from"), field(e, "to")))
             .collect())
     }

@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mosaic_shared::ids::{AgentId, CommandId, JobId, ProfileName, WorkspaceId};
+use mosaic_shared::pb::federation::v1 as pb;
 use redis::{AsyncCommands as _, Script};
 
 use super::keys::Keys;
 use super::{EVENTS_MAXLEN, Store, StoreError};
 use crate::job::{JobOptions, JobState};
+use crate::lifecycle::AgentState;
 
 const PRELUDE: &str = include_str!("queue.lua");
 
@@ -101,11 +103,12 @@ return {chosen, agent_id, attempt, profile, f[1], f[2], f[3], f[4], f[5], f[6], 
 
 const ATTEMPT_RUNNING: &str = r"
 -- KEYS: job, agent, events
--- ARGV: job id, agent id, now, pid, process start time, maxlen
+-- ARGV: job id, agent id, now, pid, process start time, maxlen,
+--       agent states that may become running, job states that may become executing
 local current = redis.call('HGET', KEYS[2], 'state')
-if current ~= 'spawning' then return {0, current or ''} end
+if not is_in(current, ARGV[7]) then return {0, current or ''} end
 local j = redis.call('HMGET', KEYS[1], 'state', 'current_agent', 'workspace')
-if j[1] ~= 'assigned' or j[2] ~= ARGV[2] then return {0, 'job ' .. (j[1] or 'missing')} end
+if not is_in(j[1], ARGV[8]) or j[2] ~= ARGV[2] then return {0, 'job ' .. (j[1] or 'missing')} end
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at_ms', ARGV[3], 'pid', ARGV[4],
   'proc_start', ARGV[5])
 redis.call('HSET', KEYS[1], 'state', 'executing')
@@ -120,9 +123,10 @@ const ATTEMPT_END: &str = r"
 -- KEYS: job, agent, active, pending, delayed, done:completed, done:failed, done:cancelled,
 --       running-by-profile, events
 -- ARGV: job id, agent id, now, outcome (completed|failed|killed|interrupted), retry delay ms,
---       error, exit code, signal, output tail, maxlen
+--       error, exit code, signal, output tail, maxlen, agent states that may enter the
+--       outcome's state, job states that hold an attempt
 local current = redis.call('HGET', KEYS[2], 'state')
-if current ~= 'spawning' and current ~= 'running' then return {0, current or ''} end
+if not is_in(current, ARGV[11]) then return {0, current or ''} end
 local outcome, now, id = ARGV[4], ARGV[3], ARGV[1]
 local agent_state = outcome
 if outcome == 'interrupted' then agent_state = 'failed' end
@@ -135,7 +139,7 @@ local j = redis.call('HMGET', KEYS[1], 'state', 'current_agent', 'profile', 'wor
   'max_retries', 'priority', 'seq')
 event(KEYS[10], ARGV[10], 'kind', 'agent.lifecycle', 'job_id', id, 'agent_id', ARGV[2],
   'workspace', j[4] or '', 'from', current, 'to', agent_state, 'at_ms', now)
-if (j[1] ~= 'assigned' and j[1] ~= 'executing') or j[2] ~= ARGV[2] then
+if not is_in(j[1], ARGV[12]) or j[2] ~= ARGV[2] then
   return {1, j[1] or ''}
 end
 redis.call('ZREM', KEYS[3], id)
@@ -163,7 +167,8 @@ else
   end
 end
 redis.call('HSET', KEYS[1], 'state', next)
-if outcome ~= 'completed' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
+-- A job's error explains its current state: cleared when it completes.
+redis.call('HSET', KEYS[1], 'error', ARGV[6])
 if next == 'completed' or next == 'failed' or next == 'cancelled' then
   redis.call('HSET', KEYS[1], 'finished_at_ms', now)
 end
@@ -271,6 +276,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The state the attempt (agent) ends in.
+    pub fn attempt_state(self) -> AgentState {
+        match self {
+            Outcome::Completed => AgentState::Completed,
+            Outcome::Failed | Outcome::Interrupted => AgentState::Failed,
+            Outcome::Killed => AgentState::Killed,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
@@ -364,6 +378,24 @@ fn done_keys(keys: &Keys) -> [String; 3] {
         keys.done(JobState::Failed),
         keys.done(JobState::Cancelled),
     ]
+}
+
+/// A state list as the scripts take it: names separated by spaces.
+fn names<S: Copy + std::fmt::Display>(states: &[S]) -> String {
+    states
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Job states in which a job holds an attempt (and a slot).
+fn active_job_states() -> String {
+    let active: Vec<JobState> = JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .collect();
+    names(&active)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -504,6 +536,8 @@ impl Store {
             .arg(pid)
             .arg(proc_start)
             .arg(EVENTS_MAXLEN)
+            .arg(names(AgentState::Running.may_enter_from()))
+            .arg(names(JobState::Executing.may_enter_from()))
             .invoke_async(&mut con)
             .await?;
         Ok(guarded(code, state))
@@ -543,6 +577,8 @@ impl Store {
             .arg(end.signal.map(|s| s.to_string()).unwrap_or_default())
             .arg(&end.output_tail)
             .arg(EVENTS_MAXLEN)
+            .arg(names(end.outcome.attempt_state().may_enter_from()))
+            .arg(active_job_states())
             .invoke_async(&mut con)
             .await?;
         Ok(guarded(code, state))
@@ -739,6 +775,8 @@ pub struct JobRecord {
     pub finished_at_ms: Option<i64>,
     pub error: String,
     pub spec: String,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
     /// Attempt (agent) ids, oldest first.
     pub attempt_ids: Vec<AgentId>,
 }
@@ -771,6 +809,8 @@ impl JobRecord {
         let created = take("created_at_ms")?;
         let ready = take("ready_at_ms")?;
         let spec = take("spec")?;
+        let base = take("backoff_base_ms")?;
+        let cap = take("backoff_cap_ms")?;
         let finished = h.remove("finished_at_ms");
         let error = h.remove("error").unwrap_or_default();
         let idc = |e: mosaic_shared::ids::IdError| corrupt(e.to_string());
@@ -789,10 +829,85 @@ impl JobRecord {
             finished_at_ms: finished.map(|f| num(f, "finished_at_ms")).transpose()?,
             error,
             spec,
+            backoff_base: Duration::from_millis(num(base, "backoff_base_ms")? as u64),
+            backoff_cap: Duration::from_millis(num(cap, "backoff_cap_ms")? as u64),
             attempt_ids: attempts
                 .into_iter()
                 .map(|a| a.parse().map_err(idc))
                 .collect::<Result<_, _>>()?,
         })
+    }
+}
+
+impl JobRecord {
+    pub fn to_pb(&self, attempts: &[super::AgentRecord], queue_paused: bool) -> pb::JobStatus {
+        pb::JobStatus {
+            job_id: self.job_id.to_string(),
+            profile: self.profile.to_string(),
+            workspace: self.workspace.to_string(),
+            state: job_state_pb(self.state).into(),
+            priority: u32::from(self.priority),
+            attempts: self.attempts,
+            failures: self.failures,
+            max_retries: self.max_retries,
+            created_at_ms: self.created_at_ms,
+            ready_at_ms: self.ready_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            error: self.error.clone(),
+            command_id: self.command_id.to_string(),
+            attempt_history: attempts.iter().map(super::AgentRecord::to_pb).collect(),
+            queue_paused,
+        }
+    }
+}
+
+fn job_state_pb(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Pending => pb::JobState::Pending,
+        JobState::Delayed => pb::JobState::Delayed,
+        JobState::Assigned => pb::JobState::Assigned,
+        JobState::Executing => pb::JobState::Executing,
+        JobState::Completed => pb::JobState::Completed,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+impl QueueCounts {
+    pub fn to_pb(&self) -> pb::QueueCounts {
+        pb::QueueCounts {
+            pending: self.pending,
+            delayed: self.delayed,
+            active: self.active,
+            completed: self.completed,
+            failed: self.failed,
+            cancelled: self.cancelled,
+            paused: self.paused,
+        }
+    }
+}
+
+impl Store {
+    /// A job with all its attempts' records, oldest first.
+    pub async fn job_with_attempts(
+        &self,
+        id: &JobId,
+    ) -> Result<Option<(JobRecord, Vec<super::AgentRecord>)>, StoreError> {
+        let Some(job) = self.job(id).await? else {
+            return Ok(None);
+        };
+        let mut attempts = Vec::with_capacity(job.attempt_ids.len());
+        for a in &job.attempt_ids {
+            if let Some(rec) = self.agent(a).await? {
+                attempts.push(rec);
+            }
+        }
+        Ok(Some((job, attempts)))
+    }
+
+    /// Whether dispatch is paused.
+    pub async fn is_paused(&self) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        Ok(con.exists(self.keys.paused()).await?)
     }
 }
