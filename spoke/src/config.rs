@@ -102,7 +102,10 @@ struct RawHub {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProfile {
-    program: PathBuf,
+    program: Option<PathBuf>,
+    /// A built-in agent instead of a program: only `"noop"` (completes at once, in process),
+    /// which exists for measuring the scheduler without process costs.
+    builtin: Option<String>,
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -125,6 +128,8 @@ pub struct Profile {
     pub name: ProfileName,
     /// Absolute path of the program; started directly, never through a shell.
     pub program: PathBuf,
+    /// A built-in, in-process agent (`builtin = "noop"`): no process is started.
+    pub noop: bool,
     /// Fixed arguments placed before the hub's arguments.
     pub args: Vec<String>,
     /// Environment variable names a spawn may set; everything else is cleared.
@@ -253,21 +258,40 @@ impl SpokeConfig {
             let field = |k: &str| format!("profiles.{name}.{k}");
             let pname = ProfileName::parse_field("profile", name.clone())
                 .map_err(|e| invalid(&format!("profiles.{name}"), e.to_string()))?;
-            if !p.program.is_absolute() {
-                return Err(invalid(
-                    &field("program"),
-                    format!(
-                        "{} must be an absolute path (profiles never search PATH)",
-                        p.program.display()
-                    ),
-                ));
-            }
-            if !is_executable_file(&p.program) {
-                return Err(invalid(
-                    &field("program"),
-                    format!("{} is not an executable file", p.program.display()),
-                ));
-            }
+            let (program, noop) = match (p.program, p.builtin.as_deref()) {
+                (Some(program), None) => {
+                    if !program.is_absolute() {
+                        return Err(invalid(
+                            &field("program"),
+                            format!(
+                                "{} must be an absolute path (profiles never search PATH)",
+                                program.display()
+                            ),
+                        ));
+                    }
+                    if !is_executable_file(&program) {
+                        return Err(invalid(
+                            &field("program"),
+                            format!("{} is not an executable file", program.display()),
+                        ));
+                    }
+                    (program, false)
+                }
+                (None, Some("noop")) => (PathBuf::from("builtin:noop"), true),
+                (None, Some(other)) => {
+                    return Err(invalid(
+                        &field("builtin"),
+                        format!("{other:?} is not a built-in agent (the only one is \"noop\")"),
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        &field("program"),
+                        "give exactly one of program (an absolute path) or builtin = \"noop\""
+                            .into(),
+                    ));
+                }
+            };
             if let Some(bad) = p.env.keys().find(|n| !valid_env_name(n)) {
                 return Err(invalid(
                     &field("env"),
@@ -300,7 +324,8 @@ impl SpokeConfig {
                 pname.clone(),
                 Arc::new(Profile {
                     name: pname,
-                    program: p.program,
+                    program,
+                    noop,
                     args: p.args,
                     allowed_env: p.allowed_env,
                     env: p.env,

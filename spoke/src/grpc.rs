@@ -157,7 +157,7 @@ impl Inner {
     /// The replay defence, then the command; a refused command gives its id back.
     async fn run_verified(&self, cmd: VerifiedCommand, now: i64) -> Result<Vec<u8>, Refusal> {
         let ttl = self.verifier.replay_ttl(cmd.expires_at_ms, now);
-        match self
+        let token = match self
             .store
             .claim_command(&cmd.hub_id, &cmd.command_id, ttl)
             .await?
@@ -167,8 +167,8 @@ impl Inner {
                 return Ok(receipt);
             }
             Claim::InFlight => return Err(Refusal::InFlight(cmd.command_id)),
-            Claim::New => {}
-        }
+            Claim::New(token) => token,
+        };
         match self.perform(&cmd).await {
             Ok(result) => {
                 let receipt = self.seal(&cmd, result);
@@ -181,7 +181,7 @@ impl Inner {
                 // Nothing was done, so the id stays free for a corrected retry.
                 if let Err(e) = self
                     .store
-                    .release_command(&cmd.hub_id, &cmd.command_id)
+                    .release_command(&cmd.hub_id, &cmd.command_id, &token)
                     .await
                 {
                     tracing::warn!(error = %e, "cannot release refused command id");

@@ -145,6 +145,7 @@ mod tests {
         let p = Profile {
             name: name.clone(),
             program: "/bin/echo".into(),
+            noop: false,
             args: vec!["fixed".into()],
             allowed_env: vec!["FOO".into()],
             env: [

@@ -268,6 +268,19 @@ async fn run(
     if let Some(why) = stop.borrow().clone() {
         return Ended::stopped(why);
     }
+    if plan.profile.noop {
+        // The built-in no-op agent: runs and completes in process, with no pid to record.
+        return match store
+            .attempt_running(&d.job_id, &d.agent_id, unix_ms(), 0, 0)
+            .await
+        {
+            Ok(Guarded::Applied(_)) => Ended {
+                outcome: Outcome::Completed,
+                ..Ended::failed(String::new())
+            },
+            other => Ended::failed(format!("cannot record attempt as running: {other:?}")),
+        };
+    }
     if let Err(e) = tokio::fs::create_dir_all(&plan.workdir).await {
         return Ended::failed(format!(
             "cannot create working directory {}: {e}",

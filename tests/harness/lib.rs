@@ -54,6 +54,8 @@ pub struct ProfileSpec {
     pub args: Vec<String>,
     pub allowed_env: Vec<String>,
     pub kill_grace_ms: u64,
+    /// Most attempts of this profile at once (`None`: only the spoke-wide limit).
+    pub concurrency: Option<usize>,
 }
 
 /// Profiles every test spoke offers: `echo`, `true`, and `sh` (a shell: the hub passes the
@@ -64,6 +66,7 @@ pub fn default_profiles() -> BTreeMap<String, ProfileSpec> {
         args: args.iter().map(|s| s.to_string()).collect(),
         allowed_env: vec!["GREETING".into()],
         kill_grace_ms: 1000,
+        concurrency: None,
     };
     [
         ("echo".to_string(), p("/bin/echo", &[])),
@@ -76,6 +79,10 @@ pub fn default_profiles() -> BTreeMap<String, ProfileSpec> {
 pub struct FederationBuilder {
     spokes: Vec<String>,
     profiles: BTreeMap<String, ProfileSpec>,
+    /// Extra `key = value` lines for the spokes' `[queue]` table.
+    queue: Vec<String>,
+    /// Valkey with an append-only file (fsync always), so that it can be restarted.
+    persistent: bool,
 }
 
 impl FederationBuilder {
@@ -89,12 +96,29 @@ impl FederationBuilder {
         self
     }
 
+    /// Sets `key = value` (TOML) in the spokes' `[queue]` table.
+    pub fn queue(mut self, key: &str, value: &str) -> Self {
+        self.queue.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Runs Valkey with AOF (`appendfsync always`), for tests that restart it.
+    pub fn persistent_valkey(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<Federation> {
         let dir = tempfile::Builder::new().prefix("mosaic-it-").tempdir()?;
         let root = dir.path().to_owned();
         let env = Env::from_process();
         let valkey_bin = find_valkey_server(&env)?;
-        let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &[]).await?;
+        let valkey_args: Vec<&str> = if self.persistent {
+            vec!["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            vec![]
+        };
+        let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &valkey_args).await?;
 
         certs::init(
             &root.join("pki"),
@@ -125,7 +149,7 @@ impl FederationBuilder {
             let config = root.join(format!("{id}.toml"));
             std::fs::write(
                 &config,
-                spoke_toml(id, &root, &valkey.url(), &self.profiles),
+                spoke_toml(id, &root, &valkey.url(), &self.profiles, &self.queue),
             )?;
             let process = SpokeProcess::start(id, &config, &root)?;
             spokes.insert(id.clone(), process);
@@ -139,6 +163,8 @@ impl FederationBuilder {
         Ok(Federation {
             dir,
             valkey: Some(valkey),
+            valkey_bin,
+            valkey_args: valkey_args.into_iter().map(String::from).collect(),
             hub,
             hub_path,
             spokes,
@@ -149,6 +175,8 @@ impl FederationBuilder {
 pub struct Federation {
     dir: tempfile::TempDir,
     valkey: Option<Valkey>,
+    valkey_bin: PathBuf,
+    valkey_args: Vec<String>,
     pub hub: HubConfig,
     pub hub_path: PathBuf,
     spokes: BTreeMap<String, SpokeProcess>,
@@ -159,6 +187,8 @@ impl Federation {
         FederationBuilder {
             spokes: Vec::new(),
             profiles: default_profiles(),
+            queue: Vec::new(),
+            persistent: false,
         }
     }
 
@@ -257,6 +287,27 @@ impl Federation {
         if let Some(v) = self.valkey.take() {
             v.kill().await;
         }
+    }
+
+    /// Kills Valkey (SIGKILL) and starts it again on the same files and socket.
+    pub async fn restart_valkey(&mut self) -> anyhow::Result<()> {
+        self.stop_valkey().await;
+        let args: Vec<&str> = self.valkey_args.iter().map(String::as_str).collect();
+        let dir = self.dir().join("valkey");
+        self.valkey = Some(Valkey::start(&self.valkey_bin, &dir, &args).await?);
+        Ok(())
+    }
+
+    /// Starts the spoke again (after `kill_spoke` or `kill_spoke_gracefully`) with the same
+    /// config, and points the hub config at its new address. Each start logs to its own file.
+    pub fn restart_spoke(&mut self, id: &str) -> anyhow::Result<()> {
+        let root = self.dir().to_owned();
+        let mut process = SpokeProcess::start(id, &root.join(format!("{id}.toml")), &root)?;
+        process.wait_ready()?;
+        self.spokes.insert(id.to_owned(), process);
+        std::fs::write(&self.hub_path, hub_toml(HUB, &self.spokes))?;
+        self.hub = HubConfig::load(&self.hub_path, &Env::default())?;
+        Ok(())
     }
 }
 
@@ -441,7 +492,14 @@ struct SpokeProcess {
 
 impl SpokeProcess {
     fn start(id: &str, config: &Path, root: &Path) -> anyhow::Result<Self> {
-        let log = root.join(format!("{id}.log"));
+        // `a.log` for the first start, then `a.1.log`, `a.2.log`, … for restarts.
+        let log = (0..)
+            .map(|n| match n {
+                0 => root.join(format!("{id}.log")),
+                n => root.join(format!("{id}.{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(binary("mosaic-spoke"))
             .args(["serve", "--config"])
@@ -449,6 +507,10 @@ impl SpokeProcess {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("MOSAIC_LOG_FORMAT", "json")
+            .env(
+                "MOSAIC_LOG",
+                "info,tonic::transport::server::io_stream=debug,mosaic_spoke::store=debug",
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -526,6 +588,7 @@ fn spoke_toml(
     root: &Path,
     valkey_url: &str,
     profiles: &BTreeMap<String, ProfileSpec>,
+    queue: &[String],
 ) -> String {
     let path = |p: PathBuf| q(&p.display().to_string());
     let pki = root.join("pki");
@@ -556,6 +619,16 @@ fn spoke_toml(
             path(root.join("work").join(id).join(name)),
             p.kill_grace_ms
         ));
+        if let Some(c) = p.concurrency {
+            s.push_str(&format!("concurrency = {c}\n"));
+        }
+    }
+    if !queue.is_empty() {
+        s.push_str("\n[queue]\n");
+        for line in queue {
+            s.push_str(line);
+            s.push('\n');
+        }
     }
     s
 }

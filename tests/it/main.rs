@@ -5,3 +5,4 @@ mod agents;
 mod cli;
 mod hostile;
 mod queue;
+mod scheduler;

@@ -320,6 +320,8 @@ struct ModelJob {
     failures: u32,
     max_retries: u32,
     attempt: Option<(AgentId, bool)>,
+    /// The pid recorded for the current attempt once it runs.
+    pid: Option<u32>,
 }
 
 #[derive(Default)]
@@ -411,7 +413,7 @@ async fn check(s: &Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut m = Model::default();
     let mut now = T0;
     let limits = [("limited".parse().unwrap(), PROFILE_LIMIT)];
-    for op in ops {
+    for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Enqueue {
                 priority,
@@ -442,6 +444,7 @@ async fn check(s: &Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     failures: 0,
                     max_retries: retries,
                     attempt: None,
+                    pid: None,
                 });
             }
             Op::Dispatch => {
@@ -455,6 +458,7 @@ async fn check(s: &Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(d.failures, m.jobs[i].failures);
                     m.jobs[i].state = JobState::Assigned;
                     m.jobs[i].attempt = Some((d.agent_id, false));
+                    m.jobs[i].pid = None;
                 }
             }
             Op::Start(k) | Op::End(k, _) if m.active(None) == 0 => {
@@ -470,13 +474,22 @@ async fn check(s: &Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .nth(k % m.active(None))
                     .unwrap();
                 let (agent, started) = m.jobs[i].attempt.clone().unwrap();
+                // Two possible pids: a repeat with the recorded pid is a retried call and
+                // counts as done; another pid is refused.
+                let pid = 100 + (k % 2) as u32;
                 let r = s
-                    .attempt_running(&m.jobs[i].id, &agent, now, 1, 1)
+                    .attempt_running(&m.jobs[i].id, &agent, now, pid, 1)
                     .await
                     .unwrap();
                 if started {
-                    prop_assert_eq!(r, Guarded::Refused("running".into()));
+                    let expect = if m.jobs[i].pid == Some(pid) {
+                        Guarded::Applied("spawning".into())
+                    } else {
+                        Guarded::Refused("running".into())
+                    };
+                    prop_assert_eq!(r, expect);
                 } else {
+                    m.jobs[i].pid = Some(pid);
                     prop_assert_eq!(r, Guarded::Applied("spawning".into()));
                     m.jobs[i].state = JobState::Executing;
                     m.jobs[i].attempt = Some((agent, true));
@@ -530,7 +543,8 @@ async fn check(s: &Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let i = k % m.jobs.len();
-                let r = s.remove_job(&m.jobs[i].id, now, "removed").await.unwrap();
+                let reason = format!("removed at step {step}");
+                let r = s.remove_job(&m.jobs[i].id, now, &reason).await.unwrap();
                 let before = m.jobs[i].state;
                 if before.is_queued() {
                     prop_assert_eq!(r, Guarded::Applied(before.as_str().into()));
@@ -574,4 +588,61 @@ fn the_queue_matches_a_simple_model() {
             })
         })
         .unwrap();
+}
+
+#[tokio::test]
+async fn repeated_calls_are_safe_to_retry() {
+    // The store retries a command whose connection dropped, and the first try may have run:
+    // every script must treat its own repeat as done.
+    let (_d, v) = valkey().await;
+    let s = store(&v, "a").await;
+    let j = new_job("p", options(5));
+    assert_eq!(s.enqueue(&j, T0).await.unwrap(), JobState::Pending);
+    assert_eq!(s.enqueue(&j, T0).await.unwrap(), JobState::Pending);
+    assert_eq!(
+        s.queue_counts().await.unwrap().pending,
+        1,
+        "one job, not two"
+    );
+
+    let agent = AgentId::generate();
+    let first = s
+        .dispatch(T0, Duration::from_secs(30), &agent, "me", 10, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    // A second job waiting must not be taken by the repeat.
+    s.enqueue(&new_job("p", options(5)), T0).await.unwrap();
+    let again = s
+        .dispatch(T0, Duration::from_secs(30), &agent, "me", 10, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.job_id, again.attempt),
+        (first.job_id.clone(), first.attempt)
+    );
+    let c = s.queue_counts().await.unwrap();
+    assert_eq!((c.active, c.pending), (1, 1));
+
+    let run = |pid| s.attempt_running(&first.job_id, &agent, T0, pid, 7);
+    assert_eq!(run(42).await.unwrap(), Guarded::Applied("spawning".into()));
+    assert_eq!(run(42).await.unwrap(), Guarded::Applied("spawning".into()));
+    assert_eq!(run(43).await.unwrap(), Guarded::Refused("running".into()));
+
+    let queued = new_job("p", options(5));
+    s.enqueue(&queued, T0).await.unwrap();
+    let remove = |why| s.remove_job(&queued.job_id, T0, why);
+    assert_eq!(
+        remove("by command c1").await.unwrap(),
+        Guarded::Applied("pending".into())
+    );
+    assert_eq!(
+        remove("by command c1").await.unwrap(),
+        Guarded::Applied("cancelled".into())
+    );
+    assert_eq!(
+        remove("by command c2").await.unwrap(),
+        Guarded::Refused("cancelled".into())
+    );
 }

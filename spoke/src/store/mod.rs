@@ -8,6 +8,7 @@
 
 pub mod keys;
 mod queue;
+mod retry;
 
 pub use queue::{
     AttemptEnd, Dispatched, ExpiredLease, Guarded, JobRecord, NewJob, Outcome, QueueCounts,
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use mosaic_shared::ids::{AgentId, CommandId, HubId, JobId, ProfileName, SpokeId, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands as _, Script};
 
 use crate::lifecycle::AgentState;
@@ -37,11 +37,19 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// The prefix of a replay record while its command executes. A receipt never starts with it
+/// (an encoded `SignedReceipt` starts with a protobuf tag byte).
+const IN_FLIGHT: &str = "pending:";
+
+/// Proof of one claim: the exact in-flight marker this request wrote.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClaimToken(String);
+
 /// What the replay store knew about a command id when we tried to claim it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Never seen: it is ours to execute.
-    New,
+    /// Never seen: it is ours to execute; the token releases it if the command is refused.
+    New(ClaimToken),
     /// Another request with this id is executing right now.
     InFlight,
     /// Executed before: the encoded signed receipt to return again.
@@ -137,8 +145,9 @@ impl AgentRecord {
 }
 
 const RELEASE_COMMAND: &str = r"
--- KEYS: command record. Deletes it only while it is still the in-flight marker.
-if redis.call('GET', KEYS[1]) == '' then return redis.call('DEL', KEYS[1]) end
+-- KEYS: command record. ARGV: the claim's marker. Deletes the record only while it still
+-- holds that marker (so never a receipt, and never another request's claim).
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
@@ -146,7 +155,8 @@ return 0
 /// by itself.
 #[derive(Clone)]
 pub struct Store {
-    con: ConnectionManager,
+    /// Retries transient failures (see `retry`); cheap to clone, multiplexed.
+    con: retry::Retrying,
     keys: Keys,
     release_command: Script,
     queue: queue::QueueScripts,
@@ -173,7 +183,7 @@ impl Store {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Store {
-            con,
+            con: retry::Retrying(con),
             keys: Keys::new(spoke),
             release_command: Script::new(RELEASE_COMMAND),
             queue: queue::QueueScripts::new(),
@@ -188,9 +198,10 @@ impl Store {
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
         let mut con = self.con.clone();
+        let token = ClaimToken(format!("{IN_FLIGHT}{}", uuid::Uuid::now_v7()));
         let previous: Option<Vec<u8>> = redis::cmd("SET")
             .arg(self.keys.command(hub, id))
-            .arg("")
+            .arg(&token.0)
             .arg("NX")
             .arg("GET")
             .arg("PX")
@@ -198,8 +209,10 @@ impl Store {
             .query_async(&mut con)
             .await?;
         Ok(match previous {
-            None => Claim::New,
-            Some(v) if v.is_empty() => Claim::InFlight,
+            None => Claim::New(token),
+            // Our own marker: a retried SET whose first try did run.
+            Some(v) if v == token.0.as_bytes() => Claim::New(token),
+            Some(v) if v.starts_with(IN_FLIGHT.as_bytes()) => Claim::InFlight,
             Some(v) => Claim::Done(v),
         })
     }
@@ -223,11 +236,17 @@ impl Store {
     }
 
     /// Gives up a claim whose command was refused before it did anything, so the id is free.
-    pub async fn release_command(&self, hub: &HubId, id: &CommandId) -> Result<(), StoreError> {
+    pub async fn release_command(
+        &self,
+        hub: &HubId,
+        id: &CommandId,
+        token: &ClaimToken,
+    ) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         let _: i64 = self
             .release_command
             .key(self.keys.command(hub, id))
+            .arg(&token.0)
             .invoke_async(&mut con)
             .await?;
         Ok(())

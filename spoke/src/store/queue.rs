@@ -31,9 +31,9 @@ const TRIM_BATCH: usize = 500;
 const ENQUEUE: &str = r"
 -- KEYS: job, jobs index, pending, delayed, seq, events
 -- ARGV: job id, now, ready_at, priority, workspace, maxlen, then field/value pairs
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.error_reply('EXISTS job ' .. ARGV[1] .. ' already exists')
-end
+-- A repeat (a retried call whose first try ran) reports the job as it is.
+local existing = redis.call('HGET', KEYS[1], 'state')
+if existing then return existing end
 local seq = redis.call('INCR', KEYS[5])
 local state = 'pending'
 if tonumber(ARGV[3]) > tonumber(ARGV[2]) then
@@ -56,6 +56,16 @@ const DISPATCH: &str = r"
 -- ARGV: prefix, now, lease_until, new agent id, owner, total limit, maxlen, scan, promote batch,
 --       then profile/limit pairs
 local prefix, now = ARGV[1], ARGV[2]
+local function reply(job_id, agent_id)
+  local job = prefix .. 'job:' .. job_id
+  local f = redis.call('HMGET', job, 'workspace', 'command_id', 'spec', 'timeout_ms', 'failures',
+    'backoff_base_ms', 'backoff_cap_ms', 'profile')
+  local attempt = redis.call('HGET', prefix .. 'agent:' .. agent_id, 'attempt')
+  return {job_id, agent_id, attempt, f[8], f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+end
+-- A repeat (a retried call whose first try ran) returns the attempt it created.
+local earlier = redis.call('HGET', prefix .. 'agent:' .. ARGV[4], 'job_id')
+if earlier then return reply(earlier, ARGV[4]) end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
 for _, id in ipairs(due) do
   local job = prefix .. 'job:' .. id
@@ -87,8 +97,7 @@ redis.call('ZADD', KEYS[3], ARGV[3], chosen)
 redis.call('HINCRBY', KEYS[5], profile, 1)
 local attempt = redis.call('HINCRBY', job, 'attempts', 1)
 redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', ARGV[5])
-local f = redis.call('HMGET', job, 'workspace', 'command_id', 'spec', 'timeout_ms', 'failures',
-  'backoff_base_ms', 'backoff_cap_ms')
+local f = redis.call('HMGET', job, 'workspace', 'command_id')
 redis.call('HSET', prefix .. 'agent:' .. agent_id, 'agent_id', agent_id, 'job_id', chosen,
   'attempt', attempt, 'profile', profile, 'workspace', f[1], 'command_id', f[2],
   'state', 'spawning', 'created_at_ms', now, 'owner', ARGV[5])
@@ -98,7 +107,7 @@ event(KEYS[7], ARGV[7], 'kind', 'job.started', 'job_id', chosen, 'workspace', f[
   'agent_id', agent_id, 'attempt', attempt, 'state', 'assigned', 'at_ms', now)
 event(KEYS[7], ARGV[7], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
   'workspace', f[1], 'from', '', 'to', 'spawning', 'at_ms', now)
-return {chosen, agent_id, attempt, profile, f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+return reply(chosen, agent_id)
 ";
 
 const ATTEMPT_RUNNING: &str = r"
@@ -106,6 +115,10 @@ const ATTEMPT_RUNNING: &str = r"
 -- ARGV: job id, agent id, now, pid, process start time, maxlen,
 --       agent states that may become running, job states that may become executing
 local current = redis.call('HGET', KEYS[2], 'state')
+-- A repeat (a retried call whose first try ran) finds its own pid recorded.
+if current == 'running' and redis.call('HGET', KEYS[2], 'pid') == ARGV[4] then
+  return {1, 'spawning'}
+end
 if not is_in(current, ARGV[7]) then return {0, current or ''} end
 local j = redis.call('HMGET', KEYS[1], 'state', 'current_agent', 'workspace')
 if not is_in(j[1], ARGV[8]) or j[2] ~= ARGV[2] then return {0, 'job ' .. (j[1] or 'missing')} end
@@ -182,6 +195,8 @@ const REMOVE: &str = r"
 -- ARGV: job id, now, reason, maxlen
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s then return {-1, ''} end
+-- A repeat (a retried call whose first try ran) finds its own reason recorded.
+if s == 'cancelled' and redis.call('HGET', KEYS[1], 'error') == ARGV[3] then return {1, s} end
 if s ~= 'pending' and s ~= 'delayed' then return {0, s} end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
