@@ -179,6 +179,7 @@ pub struct SpawnArgs {
     /// jitter). Default: the spoke's.
     #[arg(long, value_parser = parse_duration)]
     pub backoff_base: Option<Duration>,
+    /// Longest retry delay. Default: the spoke's.
     #[arg(long, value_parser = parse_duration)]
     pub backoff_cap: Option<Duration>,
     /// Kill an attempt that runs longer than this; it counts as a failure.

@@ -128,7 +128,7 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
         println!("  {exe} spokes");
         println!("  {exe} spawn --spoke spoke-a --profile echo --workspace demo --wait -- hello");
         println!("  {exe} spawn --spoke spoke-b --profile sleep --workspace demo -- 300");
-        println!("  {exe} kill --spoke spoke-b <agent id>");
+        println!("  {exe} kill --spoke spoke-b <job id>");
         println!("\nPress Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
         println!("\nstopping: spokes end their agents, then Valkey stops");

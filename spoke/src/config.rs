@@ -363,6 +363,18 @@ impl SpokeConfig {
                     .into(),
             ));
         }
+        if !(60_000..=365 * 24 * 3_600_000).contains(&q.retain_finished_ms) {
+            return Err(invalid(
+                &queue_field("retain_finished_ms"),
+                "must be between 60000 (a minute) and 31536000000 (a year)".into(),
+            ));
+        }
+        if !(1..=10_000_000).contains(&q.retain_finished_max) {
+            return Err(invalid(
+                &queue_field("retain_finished_max"),
+                "must be between 1 and 10000000".into(),
+            ));
+        }
         if !(1_000..=600_000).contains(&q.lease_ms) {
             return Err(invalid(
                 &queue_field("lease_ms"),

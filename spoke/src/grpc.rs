@@ -284,20 +284,23 @@ impl Inner {
             .get(&rec.profile)
             .map_or(Duration::from_secs(10), |p| p.kill_grace);
         let wait = (grace + Duration::from_secs(5)).min(KILL_ANSWER_WITHIN);
-        match self
-            .supervisor
-            .stop(&agent.agent_id, Stop::Requested(reason.to_owned()), wait)
-            .await
-        {
-            KillOutcome::Ended | KillOutcome::StillEnding => Ok(()),
-            KillOutcome::NotSupervised => {
-                // It may have ended between our read and the request.
-                match self.store.job(&rec.job_id).await? {
-                    Some(j) if !j.state.is_active() => Ok(()),
-                    _ => Err(Refusal::NotSupervised(agent.agent_id)),
-                }
+        // A just-dispatched attempt is registered with the supervisor a moment after the
+        // dispatch script ran, so look again briefly before calling it someone else's.
+        for _ in 0..5 {
+            match self
+                .supervisor
+                .stop(&agent.agent_id, Stop::Requested(reason.to_owned()), wait)
+                .await
+            {
+                KillOutcome::Ended | KillOutcome::StillEnding => return Ok(()),
+                KillOutcome::NotSupervised => match self.store.job(&rec.job_id).await? {
+                    // It ended between our read and the request.
+                    Some(j) if !j.state.is_active() => return Ok(()),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                },
             }
         }
+        Err(Refusal::NotSupervised(agent.agent_id))
     }
 
     /// The job with this id, or the job of the attempt (agent) with this id.

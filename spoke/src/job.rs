@@ -5,7 +5,9 @@
 //! runs, and ends `completed`, `failed` (retries exhausted) or `cancelled` (killed or removed;
 //! never retried). Each attempt is an agent with its own lifecycle (`lifecycle`). This module
 //! owns the job state table, the validated [`JobOptions`] and the retry [`backoff`]; it does no
-//! I/O. The table is enforced in Valkey by `store`'s scripts.
+//! I/O. The table is enforced in Valkey by `store`'s scripts; the pending queue's order
+//! (higher priority first, FIFO within one) is the score computed by `pending_score` in
+//! `store/queue.lua`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -131,10 +133,15 @@ pub struct RequestedOptions {
 }
 
 impl RequestedOptions {
-    /// The job's options: the request's, else the spoke's defaults. A default cap below a
-    /// requested base is raised to the base.
+    /// The job's options: the request's, else the spoke's defaults. When only one of base and
+    /// cap is given, the other default gives way: a requested cap below the default base lowers
+    /// the base to it, and a requested base above the default cap raises the cap to it.
     pub fn resolve(&self, defaults: &QueueConfig, now_ms: i64) -> JobOptions {
-        let base = self.backoff_base.unwrap_or(defaults.default_backoff_base);
+        let base = match (self.backoff_base, self.backoff_cap) {
+            (Some(b), _) => b,
+            (None, Some(c)) => defaults.default_backoff_base.min(c),
+            (None, None) => defaults.default_backoff_base,
+        };
         let cap = self
             .backoff_cap
             .unwrap_or(defaults.default_backoff_cap)
@@ -159,12 +166,6 @@ pub const MAX_PRIORITY: u8 = 10;
 pub const MAX_RETRIES: u32 = 100;
 /// Longest backoff or delay a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The score that orders the pending queue: higher priority first, then enqueue order. Exact
-/// in an f64 (Valkey's score type) for sequence numbers below 10^13.
-pub fn pending_score(priority: u8, seq: u64) -> f64 {
-    f64::from(MAX_PRIORITY - priority.clamp(MIN_PRIORITY, MAX_PRIORITY)) * 1e13 + seq as f64
-}
 
 /// Delay before the retry that follows failure number `failures` (1 for the first failure):
 /// `min(base * 2^(failures-1), cap)`, scaled by a jitter factor in `[0.8, 1.0]` so that a
@@ -205,13 +206,6 @@ mod tests {
     }
 
     #[test]
-    fn higher_priority_sorts_first_then_fifo() {
-        assert!(pending_score(10, 99) < pending_score(9, 1));
-        assert!(pending_score(5, 1) < pending_score(5, 2));
-        assert_eq!(pending_score(1, 0), 9e13);
-    }
-
-    #[test]
     fn backoff_doubles_until_the_cap() {
         let (b, c) = (Duration::from_millis(1000), Duration::from_millis(60_000));
         assert_eq!(backoff(b, c, 1, 1.0), Duration::from_millis(1000));
@@ -220,6 +214,44 @@ mod tests {
         assert_eq!(backoff(b, c, 7, 1.0), Duration::from_millis(60_000));
         assert_eq!(backoff(b, c, 1000, 1.0), Duration::from_millis(60_000));
         assert_eq!(backoff(b, c, 1, 0.0), Duration::from_millis(800));
+    }
+
+    fn defaults() -> QueueConfig {
+        QueueConfig {
+            concurrency: 5,
+            default_priority: 5,
+            default_max_retries: 3,
+            default_backoff_base: Duration::from_millis(1000),
+            default_backoff_cap: Duration::from_millis(60_000),
+            lease: Duration::from_secs(15),
+            retain_finished: Duration::from_secs(3600),
+            retain_finished_max: 100,
+        }
+    }
+
+    #[test]
+    fn options_resolve_against_the_defaults() {
+        let d = defaults();
+        let o = RequestedOptions::default().resolve(&d, 1000);
+        assert_eq!((o.priority, o.max_retries, o.not_before_ms), (5, 3, None));
+        let ms = Duration::from_millis;
+        let lone_cap = RequestedOptions {
+            backoff_cap: Some(ms(200)),
+            ..Default::default()
+        };
+        let o = lone_cap.resolve(&d, 0);
+        assert_eq!((o.backoff_base, o.backoff_cap), (ms(200), ms(200)));
+        let lone_base = RequestedOptions {
+            backoff_base: Some(ms(90_000)),
+            ..Default::default()
+        };
+        let o = lone_base.resolve(&d, 0);
+        assert_eq!((o.backoff_base, o.backoff_cap), (ms(90_000), ms(90_000)));
+        let delayed = RequestedOptions {
+            delay: Some(ms(500)),
+            ..Default::default()
+        };
+        assert_eq!(delayed.resolve(&d, 1000).not_before_ms, Some(1500));
     }
 
     proptest! {

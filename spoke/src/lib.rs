@@ -48,8 +48,9 @@ pub enum RunError {
     Serve(String),
 }
 
-/// Serves the spoke on `listener` until `shutdown` resolves, then kills the agents it still
-/// supervises (SIGTERM, then SIGKILL after each profile's grace) and records them as killed.
+/// Serves the spoke on `listener` and runs its scheduler until `shutdown` resolves; then stops
+/// starting jobs, ends the attempts it still supervises (SIGTERM, then SIGKILL after each
+/// profile's grace) and returns their jobs to the queue without counting a failure.
 pub async fn run(
     config: SpokeConfig,
     listener: TcpListener,

@@ -1,9 +1,9 @@
 //! The agent lifecycle: `spawning → running → completed | failed | killed`.
 //!
 //! This module owns the transition table and nothing else. The table is enforced atomically in
-//! Valkey by `store`'s transition script, which receives the allowed source states from
-//! [`AgentState::may_enter_from`]; the table therefore exists once, here, and is unit-tested.
-//! Terminal states have no way out.
+//! Valkey by the queue's attempt scripts (`store::queue`), which receive the allowed source
+//! states from [`AgentState::may_enter_from`]; the table therefore exists once, here, and is
+//! unit-tested. Attempts are born `spawning` by dispatch. Terminal states have no way out.
 
 use std::fmt;
 use std::str::FromStr;

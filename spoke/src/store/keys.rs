@@ -4,9 +4,9 @@
 //! single slot and runs unchanged on Valkey Cluster. Ids inside keys were validated by
 //! `mosaic_shared::ids` and cannot contain `{`, `}` or `:`.
 //!
-//! Scripts that pick a job inside Valkey (dispatch, promotion, retention) build that job's keys
-//! from [`Keys::prefix`] with the suffixes [`JOB`], [`ATTEMPTS`] and [`AGENT`] exported here, so
-//! the layout still lives in this one file.
+//! Scripts that pick a job inside Valkey (dispatch with promotion, lease renewal, retention)
+//! build that job's keys from [`Keys::job_prefix`], [`ATTEMPTS`] and [`Keys::agent_prefix`],
+//! which they receive as arguments, so the layout still lives in this one file.
 
 use mosaic_shared::ids::{AgentId, CommandId, HubId, SpokeId};
 
@@ -32,9 +32,14 @@ impl Keys {
         }
     }
 
-    /// The common prefix, for scripts that build job and agent keys themselves.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
+    /// `<prefix>job:`: what a job id is appended to, for scripts that build job keys.
+    pub fn job_prefix(&self) -> String {
+        format!("{}{JOB}", self.prefix)
+    }
+
+    /// `<prefix>agent:`: what an agent id is appended to, for scripts that build agent keys.
+    pub fn agent_prefix(&self) -> String {
+        format!("{}{AGENT}", self.prefix)
     }
 
     /// Replay record of a hub's command: empty while it executes, then the encoded signed
@@ -136,14 +141,14 @@ mod tests {
         for key in &all {
             assert!(key.starts_with("mosaic:{spoke-a}:"), "{key}");
         }
-        assert_eq!(k.job("j1"), format!("{}{JOB}j1", k.prefix()));
+        // What the scripts build from the layout is what the Rust builders build.
+        assert_eq!(k.job("j1"), format!("{}j1", k.job_prefix()));
         assert_eq!(
             k.job_attempts("j1"),
-            format!("{}{JOB}j1{ATTEMPTS}", k.prefix())
+            format!("{}j1{ATTEMPTS}", k.job_prefix())
         );
-        assert_eq!(
-            k.agent(&"a1".parse().unwrap()),
-            format!("{}{AGENT}a1", k.prefix())
-        );
+        let agent = k.agent(&"a1".parse().unwrap());
+        assert_eq!(agent, format!("{}a1", k.agent_prefix()));
+        assert!(k.job_prefix().ends_with(JOB) && k.agent_prefix().ends_with(AGENT));
     }
 }

@@ -33,7 +33,7 @@ pub enum StoreError {
     Unreachable { url: String, reason: String },
     #[error("valkey: {0}")]
     Valkey(#[from] redis::RedisError),
-    #[error("agent record {key} is corrupt: {reason}")]
+    #[error("record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
 }
 

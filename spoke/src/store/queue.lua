@@ -1,4 +1,10 @@
 -- Shared helpers, prepended to every queue script (see store/queue.rs).
+-- Key layout: scripts that choose jobs inside Valkey (DISPATCH, RENEW, TRIM) receive it from
+-- store::keys as their first three arguments: the job key prefix, the attempts-list suffix and
+-- the agent key prefix. No key shape is spelled out in Lua.
+local function job_key(id) return ARGV[1] .. id end
+local function attempts_key(id) return ARGV[1] .. id .. ARGV[2] end
+local function agent_key(id) return ARGV[3] .. id end
 local function event(stream, maxlen, ...)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
 end

@@ -53,36 +53,34 @@ return state
 
 const DISPATCH: &str = r"
 -- KEYS: pending, delayed, active, paused, running-by-profile, agents index, events
--- ARGV: prefix, now, lease_until, new agent id, owner, total limit, maxlen, scan, promote batch,
---       then profile/limit pairs
-local prefix, now = ARGV[1], ARGV[2]
-local function reply(job_id, agent_id)
-  local job = prefix .. 'job:' .. job_id
-  local f = redis.call('HMGET', job, 'workspace', 'command_id', 'spec', 'timeout_ms', 'failures',
-    'backoff_base_ms', 'backoff_cap_ms', 'profile')
-  local attempt = redis.call('HGET', prefix .. 'agent:' .. agent_id, 'attempt')
-  return {job_id, agent_id, attempt, f[8], f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+-- ARGV: key layout (3, see the prelude), now, lease_until, new agent id, owner, total limit,
+--       maxlen, scan, promote batch, then profile/limit pairs
+local now, agent_id = ARGV[4], ARGV[6]
+local function reply(job_id, agent)
+  local f = redis.call('HMGET', job_key(job_id), 'workspace', 'command_id', 'spec', 'timeout_ms',
+    'failures', 'backoff_base_ms', 'backoff_cap_ms', 'profile')
+  local attempt = redis.call('HGET', agent_key(agent), 'attempt')
+  return {job_id, agent, attempt, f[8], f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
 end
 -- A repeat (a retried call whose first try ran) returns the attempt it created.
-local earlier = redis.call('HGET', prefix .. 'agent:' .. ARGV[4], 'job_id')
-if earlier then return reply(earlier, ARGV[4]) end
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
+local earlier = redis.call('HGET', agent_key(agent_id), 'job_id')
+if earlier then return reply(earlier, agent_id) end
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[11]))
 for _, id in ipairs(due) do
-  local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'priority', 'seq', 'workspace')
+  local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace')
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZADD', KEYS[1], pending_score(f[1], f[2]), id)
-  redis.call('HSET', job, 'state', 'pending')
-  event(KEYS[7], ARGV[7], 'kind', 'job.status', 'job_id', id, 'workspace', f[3],
+  redis.call('HSET', job_key(id), 'state', 'pending')
+  event(KEYS[7], ARGV[9], 'kind', 'job.status', 'job_id', id, 'workspace', f[3],
     'state', 'pending', 'at_ms', now)
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return false end
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return false end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then return false end
 local limits = {}
-for i = 10, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 12, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local chosen, profile
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[8]) - 1)) do
-  local p = redis.call('HGET', prefix .. 'job:' .. id, 'profile')
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[10]) - 1)) do
+  local p = redis.call('HGET', job_key(id), 'profile')
   local limit = limits[p]
   if not limit or (tonumber(redis.call('HGET', KEYS[5], p)) or 0) < limit then
     chosen, profile = id, p
@@ -90,22 +88,21 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[8]) - 1)) do
   end
 end
 if not chosen then return false end
-local job = prefix .. 'job:' .. chosen
-local agent_id = ARGV[4]
+local job = job_key(chosen)
 redis.call('ZREM', KEYS[1], chosen)
-redis.call('ZADD', KEYS[3], ARGV[3], chosen)
+redis.call('ZADD', KEYS[3], ARGV[5], chosen)
 redis.call('HINCRBY', KEYS[5], profile, 1)
 local attempt = redis.call('HINCRBY', job, 'attempts', 1)
-redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', ARGV[5])
+redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', ARGV[7])
 local f = redis.call('HMGET', job, 'workspace', 'command_id')
-redis.call('HSET', prefix .. 'agent:' .. agent_id, 'agent_id', agent_id, 'job_id', chosen,
+redis.call('HSET', agent_key(agent_id), 'agent_id', agent_id, 'job_id', chosen,
   'attempt', attempt, 'profile', profile, 'workspace', f[1], 'command_id', f[2],
-  'state', 'spawning', 'created_at_ms', now, 'owner', ARGV[5])
-redis.call('RPUSH', job .. ':attempts', agent_id)
+  'state', 'spawning', 'created_at_ms', now, 'owner', ARGV[7])
+redis.call('RPUSH', attempts_key(chosen), agent_id)
 redis.call('ZADD', KEYS[6], now, agent_id)
-event(KEYS[7], ARGV[7], 'kind', 'job.started', 'job_id', chosen, 'workspace', f[1],
+event(KEYS[7], ARGV[9], 'kind', 'job.started', 'job_id', chosen, 'workspace', f[1],
   'agent_id', agent_id, 'attempt', attempt, 'state', 'assigned', 'at_ms', now)
-event(KEYS[7], ARGV[7], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
+event(KEYS[7], ARGV[9], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
   'workspace', f[1], 'from', '', 'to', 'spawning', 'at_ms', now)
 return reply(chosen, agent_id)
 ";
@@ -210,11 +207,11 @@ return {1, s}
 
 const RENEW: &str = r"
 -- KEYS: active
--- ARGV: prefix, owner, lease_until, then job ids
+-- ARGV: key layout (3, see the prelude), owner, lease_until, then job ids
 local renewed = 0
-for i = 4, #ARGV do
-  if redis.call('HGET', ARGV[1] .. 'job:' .. ARGV[i], 'owner') == ARGV[2] then
-    renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[3], ARGV[i])
+for i = 6, #ARGV do
+  if redis.call('HGET', job_key(ARGV[i]), 'owner') == ARGV[4] then
+    renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[5], ARGV[i])
   end
 end
 return renewed
@@ -222,23 +219,22 @@ return renewed
 
 const TRIM: &str = r"
 -- KEYS: done:completed, done:failed, done:cancelled, jobs index, agents index
--- ARGV: prefix, cutoff_ms, max per state, batch
+-- ARGV: key layout (3, see the prelude), cutoff_ms, max per state, batch
 local removed = 0
-local batch = tonumber(ARGV[4])
+local batch = tonumber(ARGV[6])
 for k = 1, 3 do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[2], 'LIMIT', 0, batch)
-  local excess = redis.call('ZCARD', KEYS[k]) - #ids - tonumber(ARGV[3])
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[4], 'LIMIT', 0, batch)
+  local excess = redis.call('ZCARD', KEYS[k]) - #ids - tonumber(ARGV[5])
   if excess > 0 then
     local oldest = redis.call('ZRANGE', KEYS[k], #ids, #ids + math.min(excess, batch) - 1)
     for _, id in ipairs(oldest) do ids[#ids + 1] = id end
   end
   for _, id in ipairs(ids) do
-    local job = ARGV[1] .. 'job:' .. id
-    for _, agent in ipairs(redis.call('LRANGE', job .. ':attempts', 0, -1)) do
-      redis.call('DEL', ARGV[1] .. 'agent:' .. agent)
+    for _, agent in ipairs(redis.call('LRANGE', attempts_key(id), 0, -1)) do
+      redis.call('DEL', agent_key(agent))
       redis.call('ZREM', KEYS[5], agent)
     end
-    redis.call('DEL', job, job .. ':attempts')
+    redis.call('DEL', job_key(id), attempts_key(id))
     redis.call('ZREM', KEYS[4], id)
     redis.call('ZREM', KEYS[k], id)
     removed = removed + 1
@@ -291,6 +287,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The job states from which this outcome may move a job on: those the job table allows
+    /// into the outcome's next state, among the states that hold an attempt.
+    pub fn job_sources(self) -> Vec<JobState> {
+        let next = match self {
+            Outcome::Completed => JobState::Completed,
+            // Failed with retries left goes to Delayed, which has the same sources.
+            Outcome::Failed => JobState::Failed,
+            Outcome::Killed => JobState::Cancelled,
+            Outcome::Interrupted => JobState::Pending,
+        };
+        next.may_enter_from()
+            .iter()
+            .copied()
+            .filter(|s| s.is_active())
+            .collect()
+    }
+
     /// The state the attempt (agent) ends in.
     pub fn attempt_state(self) -> AgentState {
         match self {
@@ -395,6 +408,14 @@ fn done_keys(keys: &Keys) -> [String; 3] {
     ]
 }
 
+/// The key layout that scripts choosing jobs inside Valkey need, as their first three
+/// arguments (see the prelude in `queue.lua`).
+fn layout(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
+    inv.arg(keys.job_prefix())
+        .arg(super::keys::ATTEMPTS)
+        .arg(keys.agent_prefix());
+}
+
 /// A state list as the scripts take it: names separated by spaces.
 fn names<S: Copy + std::fmt::Display>(states: &[S]) -> String {
     states
@@ -402,15 +423,6 @@ fn names<S: Copy + std::fmt::Display>(states: &[S]) -> String {
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Job states in which a job holds an attempt (and a slot).
-fn active_job_states() -> String {
-    let active: Vec<JobState> = JobState::ALL
-        .into_iter()
-        .filter(|s| s.is_active())
-        .collect();
-    names(&active)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -475,9 +487,9 @@ impl Store {
             .key(self.keys.paused())
             .key(self.keys.running_by_profile())
             .key(self.keys.agents())
-            .key(self.keys.events())
-            .arg(self.keys.prefix())
-            .arg(now_ms)
+            .key(self.keys.events());
+        layout(&mut inv, &self.keys);
+        inv.arg(now_ms)
             .arg(now_ms + ms(lease) as i64)
             .arg(agent_id.as_str())
             .arg(owner)
@@ -593,7 +605,7 @@ impl Store {
             .arg(&end.output_tail)
             .arg(EVENTS_MAXLEN)
             .arg(names(end.outcome.attempt_state().may_enter_from()))
-            .arg(active_job_states())
+            .arg(names(&end.outcome.job_sources()))
             .invoke_async(&mut con)
             .await?;
         Ok(guarded(code, state))
@@ -686,10 +698,9 @@ impl Store {
         }
         let mut con = self.con.clone();
         let mut inv = self.queue.renew.prepare_invoke();
-        inv.key(self.keys.active())
-            .arg(self.keys.prefix())
-            .arg(owner)
-            .arg(until_ms);
+        inv.key(self.keys.active());
+        layout(&mut inv, &self.keys);
+        inv.arg(owner).arg(until_ms);
         for j in jobs {
             inv.arg(j.as_str());
         }
@@ -733,20 +744,17 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut con = self.con.clone();
         let [c, f, x] = done_keys(&self.keys);
-        Ok(self
-            .queue
-            .trim
-            .key(c)
+        let mut inv = self.queue.trim.prepare_invoke();
+        inv.key(c)
             .key(f)
             .key(x)
             .key(self.keys.jobs())
-            .key(self.keys.agents())
-            .arg(self.keys.prefix())
-            .arg(now_ms - ms(max_age) as i64)
+            .key(self.keys.agents());
+        layout(&mut inv, &self.keys);
+        inv.arg(now_ms.saturating_sub(i64::try_from(ms(max_age)).unwrap_or(i64::MAX)))
             .arg(max_per_state)
-            .arg(TRIM_BATCH)
-            .invoke_async(&mut con)
-            .await?)
+            .arg(TRIM_BATCH);
+        Ok(inv.invoke_async(&mut con).await?)
     }
 
     /// A job's record and its attempts' ids, oldest first.
