@@ -117,6 +117,11 @@ impl Supervisor {
             .contains_key(agent)
     }
 
+    /// How many attempts this process supervises now.
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("supervisor map poisoned").len()
+    }
+
     /// The jobs of the attempts this process supervises (whose leases it must renew).
     pub fn running_jobs(&self) -> Vec<JobId> {
         self.running
@@ -180,6 +185,7 @@ impl Supervisor {
             exit_code: ended.exit_code,
             signal: ended.signal,
             output_tail: ended.output_tail,
+            started_in_process_at_ms: ended.started_in_process_at_ms,
         };
         // Valkey may be restarting; the connection manager reconnects, so retry for a while
         // rather than leave the attempt looking alive (its lease would recover it eventually).
@@ -230,6 +236,8 @@ struct Ended {
     signal: Option<i32>,
     error: String,
     output_tail: String,
+    /// Set for an in-process agent whose start is recorded with its end.
+    started_in_process_at_ms: Option<i64>,
 }
 
 impl Ended {
@@ -240,6 +248,7 @@ impl Ended {
             signal: None,
             error,
             output_tail: String::new(),
+            started_in_process_at_ms: None,
         }
     }
 
@@ -269,16 +278,12 @@ async fn run(
         return Ended::stopped(why);
     }
     if plan.profile.noop {
-        // The built-in no-op agent: runs and completes in process, with no pid to record.
-        return match store
-            .attempt_running(&d.job_id, &d.agent_id, unix_ms(), 0, 0)
-            .await
-        {
-            Ok(Guarded::Applied(_)) => Ended {
-                outcome: Outcome::Completed,
-                ..Ended::failed(String::new())
-            },
-            other => Ended::failed(format!("cannot record attempt as running: {other:?}")),
+        // The built-in no-op agent runs and completes in process, with no pid to record: its
+        // start and end are recorded together, in the end's transaction.
+        return Ended {
+            outcome: Outcome::Completed,
+            started_in_process_at_ms: Some(unix_ms()),
+            ..Ended::failed(String::new())
         };
     }
     if let Err(e) = tokio::fs::create_dir_all(&plan.workdir).await {
@@ -385,6 +390,7 @@ fn exited(status: std::io::Result<std::process::ExitStatus>, output_tail: String
         signal,
         error,
         output_tail,
+        started_in_process_at_ms: None,
     }
 }
 

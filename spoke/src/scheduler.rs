@@ -29,6 +29,9 @@ use crate::profile::{self, JobSpec};
 use crate::runner::{Supervisor, is_same_live_process, signal_group};
 use crate::store::{AttemptEnd, ExpiredLease, Guarded, Outcome, Store, StoreError};
 
+/// Most attempts asked for in one dispatch call.
+const MAX_DISPATCH_BATCH: usize = 64;
+
 /// The error recorded on an attempt whose spoke process disappeared.
 pub const SPOKE_RESTARTED: &str = "spoke_restarted";
 
@@ -76,12 +79,11 @@ impl Scheduler {
             }
             let mut wait = next_maintenance.saturating_duration_since(Instant::now());
             match self.dispatch_all().await {
-                Ok(()) => {
-                    if let Ok(Some(due)) = self.store.next_due_ms().await {
-                        let until = Duration::from_millis((due - unix_ms()).max(0) as u64);
-                        wait = wait.min(until);
-                    }
+                Ok(Some(due)) => {
+                    let until = Duration::from_millis((due - unix_ms()).max(0) as u64);
+                    wait = wait.min(until);
                 }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "dispatch failed; retrying shortly");
                     wait = wait.min(Duration::from_millis(500));
@@ -96,32 +98,46 @@ impl Scheduler {
         tracing::info!("scheduler stopped");
     }
 
-    /// Starts attempts until nothing more can start now.
-    async fn dispatch_all(&self) -> Result<(), StoreError> {
+    /// Starts attempts until nothing more can start now, asking for as many per call as this
+    /// process has free slots. Returns when the earliest delayed job becomes due, if known.
+    /// With every local slot taken it asks nothing: a slot freeing up wakes the loop.
+    async fn dispatch_all(&self) -> Result<Option<i64>, StoreError> {
         loop {
-            let agent = AgentId::generate();
-            let Some(d) = self
+            let free = self
+                .config
+                .queue
+                .concurrency
+                .saturating_sub(self.supervisor.running_count())
+                .min(MAX_DISPATCH_BATCH);
+            if free == 0 {
+                return Ok(None);
+            }
+            let agents: Vec<AgentId> = (0..free).map(|_| AgentId::generate()).collect();
+            let (started, next_due) = self
                 .store
-                .dispatch(
+                .dispatch_many(
                     unix_ms(),
                     self.config.queue.lease,
-                    &agent,
+                    &agents,
                     &self.owner,
                     self.config.queue.concurrency,
                     &self.profile_limits,
                 )
-                .await?
-            else {
-                return Ok(());
-            };
-            // Planned again now: the profile may have changed since the job was queued.
-            let plan = serde_json::from_str::<JobSpec>(&d.spec)
-                .map_err(|e| format!("stored job spec is unreadable: {e}"))
-                .and_then(|spec| {
-                    profile::plan(&self.config.profiles, &d.profile, &spec)
-                        .map_err(|e| e.to_string())
-                });
-            self.supervisor.launch(d, plan);
+                .await?;
+            let got = started.len();
+            for d in started {
+                // Planned again now: the profile may have changed since the job was queued.
+                let plan = serde_json::from_str::<JobSpec>(&d.spec)
+                    .map_err(|e| format!("stored job spec is unreadable: {e}"))
+                    .and_then(|spec| {
+                        profile::plan(&self.config.profiles, &d.profile, &spec)
+                            .map_err(|e| e.to_string())
+                    });
+                self.supervisor.launch(d, plan);
+            }
+            if got < free {
+                return Ok(next_due);
+            }
         }
     }
 
@@ -195,6 +211,7 @@ impl Scheduler {
             exit_code: None,
             signal: None,
             output_tail: String::new(),
+            started_in_process_at_ms: None,
         };
         match self
             .store

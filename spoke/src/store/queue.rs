@@ -53,18 +53,20 @@ return state
 
 const DISPATCH: &str = r"
 -- KEYS: pending, delayed, active, paused, running-by-profile, agents index, events
--- ARGV: key layout (3, see the prelude), now, lease_until, new agent id, owner, total limit,
---       maxlen, scan, promote batch, then profile/limit pairs
-local now, agent_id = ARGV[4], ARGV[6]
+-- ARGV: key layout (3, see the prelude), now, lease_until, new agent ids (space separated: one
+--       per attempt wanted), owner, total limit, maxlen, scan, promote batch, then
+--       profile/limit pairs
+-- Returns {next due time or '', then 11 fields per attempt created}.
+local now, owner = ARGV[4], ARGV[7]
+local out = {''}
 local function reply(job_id, agent)
   local f = redis.call('HMGET', job_key(job_id), 'workspace', 'command_id', 'spec', 'timeout_ms',
     'failures', 'backoff_base_ms', 'backoff_cap_ms', 'profile')
   local attempt = redis.call('HGET', agent_key(agent), 'attempt')
-  return {job_id, agent, attempt, f[8], f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+  for _, v in ipairs({job_id, agent, attempt, f[8], f[1], f[2], f[3], f[4], f[5], f[6], f[7]}) do
+    out[#out + 1] = v
+  end
 end
--- A repeat (a retried call whose first try ran) returns the attempt it created.
-local earlier = redis.call('HGET', agent_key(agent_id), 'job_id')
-if earlier then return reply(earlier, agent_id) end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[11]))
 for _, id in ipairs(due) do
   local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace')
@@ -74,37 +76,58 @@ for _, id in ipairs(due) do
   event(KEYS[7], ARGV[9], 'kind', 'job.status', 'job_id', id, 'workspace', f[3],
     'state', 'pending', 'at_ms', now)
 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return false end
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then return false end
 local limits = {}
 for i = 12, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local chosen, profile
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[10]) - 1)) do
-  local p = redis.call('HGET', job_key(id), 'profile')
-  local limit = limits[p]
-  if not limit or (tonumber(redis.call('HGET', KEYS[5], p)) or 0) < limit then
-    chosen, profile = id, p
-    break
+local scan, total = tonumber(ARGV[10]), tonumber(ARGV[8])
+local paused = redis.call('EXISTS', KEYS[4]) == 1
+-- The first pending job (in order, among the first `scan`) whose profile is under its limit.
+local function pick()
+  local offset = 0
+  while offset < scan do
+    local ids = redis.call('ZRANGE', KEYS[1], offset, offset + 7)
+    if #ids == 0 then return nil end
+    for _, id in ipairs(ids) do
+      local p = redis.call('HGET', job_key(id), 'profile')
+      local limit = limits[p]
+      if not limit or (tonumber(redis.call('HGET', KEYS[5], p)) or 0) < limit then
+        return id, p
+      end
+    end
+    offset = offset + 8
+  end
+  return nil
+end
+for agent_id in string.gmatch(ARGV[6], '%S+') do
+  -- A repeat (a retried call whose first try ran) returns the attempt it created.
+  local earlier = redis.call('HGET', agent_key(agent_id), 'job_id')
+  if earlier then
+    reply(earlier, agent_id)
+  else
+    if paused or redis.call('ZCARD', KEYS[3]) >= total then break end
+    local chosen, profile = pick()
+    if not chosen then break end
+    local job = job_key(chosen)
+    redis.call('ZREM', KEYS[1], chosen)
+    redis.call('ZADD', KEYS[3], ARGV[5], chosen)
+    redis.call('HINCRBY', KEYS[5], profile, 1)
+    local attempt = redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', owner)
+    local f = redis.call('HMGET', job, 'workspace', 'command_id')
+    redis.call('HSET', agent_key(agent_id), 'agent_id', agent_id, 'job_id', chosen,
+      'attempt', attempt, 'profile', profile, 'workspace', f[1], 'command_id', f[2],
+      'state', 'spawning', 'created_at_ms', now, 'owner', owner)
+    redis.call('RPUSH', attempts_key(chosen), agent_id)
+    redis.call('ZADD', KEYS[6], now, agent_id)
+    event(KEYS[7], ARGV[9], 'kind', 'job.started', 'job_id', chosen, 'workspace', f[1],
+      'agent_id', agent_id, 'attempt', attempt, 'state', 'assigned', 'at_ms', now)
+    event(KEYS[7], ARGV[9], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
+      'workspace', f[1], 'from', '', 'to', 'spawning', 'at_ms', now)
+    reply(chosen, agent_id)
   end
 end
-if not chosen then return false end
-local job = job_key(chosen)
-redis.call('ZREM', KEYS[1], chosen)
-redis.call('ZADD', KEYS[3], ARGV[5], chosen)
-redis.call('HINCRBY', KEYS[5], profile, 1)
-local attempt = redis.call('HINCRBY', job, 'attempts', 1)
-redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', ARGV[7])
-local f = redis.call('HMGET', job, 'workspace', 'command_id')
-redis.call('HSET', agent_key(agent_id), 'agent_id', agent_id, 'job_id', chosen,
-  'attempt', attempt, 'profile', profile, 'workspace', f[1], 'command_id', f[2],
-  'state', 'spawning', 'created_at_ms', now, 'owner', ARGV[7])
-redis.call('RPUSH', attempts_key(chosen), agent_id)
-redis.call('ZADD', KEYS[6], now, agent_id)
-event(KEYS[7], ARGV[9], 'kind', 'job.started', 'job_id', chosen, 'workspace', f[1],
-  'agent_id', agent_id, 'attempt', attempt, 'state', 'assigned', 'at_ms', now)
-event(KEYS[7], ARGV[9], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
-  'workspace', f[1], 'from', '', 'to', 'spawning', 'at_ms', now)
-return reply(chosen, agent_id)
+local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if next_due[2] then out[1] = next_due[2] end
+return out
 ";
 
 const ATTEMPT_RUNNING: &str = r"
@@ -134,8 +157,23 @@ const ATTEMPT_END: &str = r"
 --       running-by-profile, events
 -- ARGV: job id, agent id, now, outcome (completed|failed|killed|interrupted), retry delay ms,
 --       error, exit code, signal, output tail, maxlen, agent states that may enter the
---       outcome's state, job states that hold an attempt
+--       outcome's state, job states that hold an attempt, then for an attempt that starts and
+--       ends in one step (an in-process agent): start time, agent states that may become
+--       running, job states that may become executing ('' otherwise)
 local current = redis.call('HGET', KEYS[2], 'state')
+if ARGV[13] ~= '' and is_in(current, ARGV[14])
+    and is_in(redis.call('HGET', KEYS[1], 'state'), ARGV[15])
+    and redis.call('HGET', KEYS[1], 'current_agent') == ARGV[2] then
+  local ws = redis.call('HGET', KEYS[1], 'workspace')
+  redis.call('HSET', KEYS[2], 'state', 'running', 'started_at_ms', ARGV[13], 'pid', 0,
+    'proc_start', 0)
+  redis.call('HSET', KEYS[1], 'state', 'executing')
+  event(KEYS[10], ARGV[10], 'kind', 'agent.lifecycle', 'job_id', ARGV[1], 'agent_id', ARGV[2],
+    'workspace', ws, 'from', current, 'to', 'running', 'at_ms', ARGV[13])
+  event(KEYS[10], ARGV[10], 'kind', 'job.status', 'job_id', ARGV[1], 'workspace', ws,
+    'state', 'executing', 'at_ms', ARGV[13])
+  current = 'running'
+end
 if not is_in(current, ARGV[11]) then return {0, current or ''} end
 local outcome, now, id = ARGV[4], ARGV[3], ARGV[1]
 local agent_state = outcome
@@ -333,6 +371,9 @@ pub struct AttemptEnd {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub output_tail: String,
+    /// For an in-process agent that starts and ends in one step: when it started. The script
+    /// then records spawning → running first, in the same transaction.
+    pub started_in_process_at_ms: Option<i64>,
 }
 
 /// The result of a script that guards a transition.
@@ -408,6 +449,30 @@ fn done_keys(keys: &Keys) -> [String; 3] {
     ]
 }
 
+/// One attempt from a dispatch reply: job, agent, attempt, profile, workspace, command, spec,
+/// timeout, failures, backoff base, backoff cap.
+fn parse_dispatched(f: &[String]) -> Result<Dispatched, String> {
+    let num = |v: &str, what: &str| -> Result<u64, String> {
+        v.parse::<u64>()
+            .map_err(|_| format!("{what} is not a number"))
+    };
+    let id = |e: mosaic_shared::ids::IdError| e.to_string();
+    let timeout = num(&f[7], "timeout_ms")?;
+    Ok(Dispatched {
+        job_id: f[0].parse().map_err(id)?,
+        agent_id: f[1].parse().map_err(id)?,
+        attempt: num(&f[2], "attempts")? as u32,
+        profile: f[3].parse().map_err(id)?,
+        workspace: f[4].parse().map_err(id)?,
+        command_id: f[5].parse().map_err(id)?,
+        spec: f[6].clone(),
+        attempt_timeout: (timeout > 0).then(|| Duration::from_millis(timeout)),
+        failures: num(&f[8], "failures")? as u32,
+        backoff_base: Duration::from_millis(num(&f[9], "backoff_base_ms")?),
+        backoff_cap: Duration::from_millis(num(&f[10], "backoff_cap_ms")?),
+    })
+}
+
 /// The key layout that scripts choosing jobs inside Valkey need, as their first three
 /// arguments (see the prelude in `queue.lua`).
 fn layout(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
@@ -479,6 +544,30 @@ impl Store {
         total_limit: usize,
         profile_limits: &[(ProfileName, usize)],
     ) -> Result<Option<Dispatched>, StoreError> {
+        let (mut started, _) = self
+            .dispatch_many(
+                now_ms,
+                lease,
+                std::slice::from_ref(agent_id),
+                owner,
+                total_limit,
+                profile_limits,
+            )
+            .await?;
+        Ok(started.pop())
+    }
+
+    /// Like [`Store::dispatch`], for up to one attempt per id in `agent_ids`, in one call; also
+    /// returns when the earliest delayed job becomes due (unix ms), if any.
+    pub async fn dispatch_many(
+        &self,
+        now_ms: i64,
+        lease: Duration,
+        agent_ids: &[AgentId],
+        owner: &str,
+        total_limit: usize,
+        profile_limits: &[(ProfileName, usize)],
+    ) -> Result<(Vec<Dispatched>, Option<i64>), StoreError> {
         let mut con = self.con.clone();
         let mut inv = self.queue.dispatch.prepare_invoke();
         inv.key(self.keys.pending())
@@ -489,9 +578,10 @@ impl Store {
             .key(self.keys.agents())
             .key(self.keys.events());
         layout(&mut inv, &self.keys);
+        let ids: Vec<&str> = agent_ids.iter().map(AgentId::as_str).collect();
         inv.arg(now_ms)
             .arg(now_ms + ms(lease) as i64)
-            .arg(agent_id.as_str())
+            .arg(ids.join(" "))
             .arg(owner)
             .arg(total_limit)
             .arg(EVENTS_MAXLEN)
@@ -500,45 +590,31 @@ impl Store {
         for (profile, limit) in profile_limits {
             inv.arg(profile.as_str()).arg(*limit);
         }
-        let reply: Option<Vec<String>> = inv.invoke_async(&mut con).await?;
-        let Some(f) = reply else { return Ok(None) };
+        let reply: Vec<String> = inv.invoke_async(&mut con).await?;
         let corrupt = |reason: String| StoreError::Corrupt {
-            key: self.keys.job(f.first().map_or("", String::as_str)),
+            key: self.keys.pending(),
             reason,
         };
-        let [
-            job,
-            agent,
-            attempt,
-            profile,
-            workspace,
-            command,
-            spec,
-            timeout,
-            failures,
-            base,
-            cap,
-        ] = <[String; 11]>::try_from(f.clone())
-            .map_err(|_| corrupt("dispatch reply has the wrong shape".into()))?;
-        let num = |v: &str, what: &str| -> Result<u64, StoreError> {
-            v.parse::<u64>()
-                .map_err(|_| corrupt(format!("{what} is not a number")))
+        let (due, rest) = reply
+            .split_first()
+            .ok_or_else(|| corrupt("empty dispatch reply".into()))?;
+        let next_due = if due.is_empty() {
+            None
+        } else {
+            Some(
+                due.parse::<f64>()
+                    .map_err(|_| corrupt("next due time is not a number".into()))?
+                    as i64,
+            )
         };
-        let id = |e: mosaic_shared::ids::IdError| corrupt(e.to_string());
-        let timeout = num(&timeout, "timeout_ms")?;
-        Ok(Some(Dispatched {
-            job_id: job.parse().map_err(id)?,
-            agent_id: agent.parse().map_err(id)?,
-            attempt: num(&attempt, "attempts")? as u32,
-            profile: profile.parse().map_err(id)?,
-            workspace: workspace.parse().map_err(id)?,
-            command_id: command.parse().map_err(id)?,
-            spec,
-            attempt_timeout: (timeout > 0).then(|| Duration::from_millis(timeout)),
-            failures: num(&failures, "failures")? as u32,
-            backoff_base: Duration::from_millis(num(&base, "backoff_base_ms")?),
-            backoff_cap: Duration::from_millis(num(&cap, "backoff_cap_ms")?),
-        }))
+        if rest.len() % 11 != 0 {
+            return Err(corrupt("dispatch reply has the wrong shape".into()));
+        }
+        let started = rest
+            .chunks(11)
+            .map(|f| parse_dispatched(f).map_err(corrupt))
+            .collect::<Result<_, _>>()?;
+        Ok((started, next_due))
     }
 
     /// spawning → running for the attempt, assigned → executing for its job.
@@ -606,6 +682,13 @@ impl Store {
             .arg(EVENTS_MAXLEN)
             .arg(names(end.outcome.attempt_state().may_enter_from()))
             .arg(names(&end.outcome.job_sources()))
+            .arg(
+                end.started_in_process_at_ms
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(names(AgentState::Running.may_enter_from()))
+            .arg(names(JobState::Executing.may_enter_from()))
             .invoke_async(&mut con)
             .await?;
         Ok(guarded(code, state))
