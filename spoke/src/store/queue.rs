@@ -76,12 +76,20 @@ for _, id in ipairs(due) do
   event(KEYS[7], ARGV[9], 'kind', 'job.status', 'job_id', id, 'workspace', f[3],
     'state', 'pending', 'at_ms', now)
 end
-local limits = {}
-for i = 12, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local limits, limited = {}, false
+for i = 12, #ARGV, 2 do
+  limits[ARGV[i]] = tonumber(ARGV[i + 1])
+  limited = true
+end
 local scan, total = tonumber(ARGV[10]), tonumber(ARGV[8])
 local paused = redis.call('EXISTS', KEYS[4]) == 1
 -- The first pending job (in order, among the first `scan`) whose profile is under its limit.
 local function pick()
+  if not limited then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+    if first then return first, nil end
+    return nil
+  end
   local offset = 0
   while offset < scan do
     local ids = redis.call('ZRANGE', KEYS[1], offset, offset + 7)
@@ -107,12 +115,15 @@ for agent_id in string.gmatch(ARGV[6], '%S+') do
     local chosen, profile = pick()
     if not chosen then break end
     local job = job_key(chosen)
+    -- Everything the attempt and the reply need, in one read.
+    local f = redis.call('HMGET', job, 'workspace', 'command_id', 'spec', 'timeout_ms',
+      'failures', 'backoff_base_ms', 'backoff_cap_ms', 'profile')
+    profile = profile or f[8]
     redis.call('ZREM', KEYS[1], chosen)
     redis.call('ZADD', KEYS[3], ARGV[5], chosen)
     redis.call('HINCRBY', KEYS[5], profile, 1)
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', owner)
-    local f = redis.call('HMGET', job, 'workspace', 'command_id')
     redis.call('HSET', agent_key(agent_id), 'agent_id', agent_id, 'job_id', chosen,
       'attempt', attempt, 'profile', profile, 'workspace', f[1], 'command_id', f[2],
       'state', 'spawning', 'created_at_ms', now, 'owner', owner)
@@ -122,7 +133,10 @@ for agent_id in string.gmatch(ARGV[6], '%S+') do
       'agent_id', agent_id, 'attempt', attempt, 'state', 'assigned', 'at_ms', now)
     event(KEYS[7], ARGV[9], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
       'workspace', f[1], 'from', '', 'to', 'spawning', 'at_ms', now)
-    reply(chosen, agent_id)
+    for _, v in ipairs({chosen, agent_id, attempt, profile, f[1], f[2], f[3], f[4], f[5], f[6],
+        f[7]}) do
+      out[#out + 1] = v
+    end
   end
 end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -194,6 +208,8 @@ redis.call('ZREM', KEYS[3], id)
 redis.call('HINCRBY', KEYS[9], j[3], -1)
 redis.call('HDEL', KEYS[1], 'owner')
 local next, kind = 'pending', 'job.status'
+-- A job's error explains its current state: cleared when it completes.
+local job_fields = {'error', ARGV[6]}
 if outcome == 'completed' then
   next, kind = 'completed', 'job.completed'
   redis.call('ZADD', KEYS[6], now, id)
@@ -208,18 +224,20 @@ else
     next, kind = 'delayed', 'job.retry'
     local ready = tonumber(now) + tonumber(ARGV[5])
     redis.call('ZADD', KEYS[5], ready, id)
-    redis.call('HSET', KEYS[1], 'ready_at_ms', ready)
+    job_fields[#job_fields + 1] = 'ready_at_ms'
+    job_fields[#job_fields + 1] = ready
   else
     next, kind = 'failed', 'job.failed'
     redis.call('ZADD', KEYS[7], now, id)
   end
 end
-redis.call('HSET', KEYS[1], 'state', next)
--- A job's error explains its current state: cleared when it completes.
-redis.call('HSET', KEYS[1], 'error', ARGV[6])
+job_fields[#job_fields + 1] = 'state'
+job_fields[#job_fields + 1] = next
 if next == 'completed' or next == 'failed' or next == 'cancelled' then
-  redis.call('HSET', KEYS[1], 'finished_at_ms', now)
+  job_fields[#job_fields + 1] = 'finished_at_ms'
+  job_fields[#job_fields + 1] = now
 end
+redis.call('HSET', KEYS[1], unpack(job_fields))
 event(KEYS[10], ARGV[10], 'kind', kind, 'job_id', id, 'workspace', j[4], 'agent_id', ARGV[2],
   'state', next, 'error', ARGV[6], 'at_ms', now)
 return {1, next}
