@@ -50,22 +50,42 @@ fn new_job(profile: &str, options: JobOptions) -> NewJob {
     }
 }
 
+/// One dispatch call asking for one attempt under `agent`; also returns the next due time.
+async fn dispatch_as(
+    s: &Store,
+    agent: &AgentId,
+    now: i64,
+    limit: usize,
+    limits: &[(ProfileName, usize)],
+) -> (Option<Dispatched>, Option<i64>) {
+    let (mut started, next_due) = s
+        .dispatch_many(
+            now,
+            Duration::from_secs(30),
+            std::slice::from_ref(agent),
+            "me",
+            limit,
+            limits,
+        )
+        .await
+        .unwrap();
+    (started.pop(), next_due)
+}
+
 async fn dispatch(
     s: &Store,
     now: i64,
     limit: usize,
     limits: &[(ProfileName, usize)],
 ) -> Option<Dispatched> {
-    s.dispatch(
-        now,
-        Duration::from_secs(30),
-        &AgentId::generate(),
-        "me",
-        limit,
-        limits,
-    )
-    .await
-    .unwrap()
+    dispatch_as(s, &AgentId::generate(), now, limit, limits)
+        .await
+        .0
+}
+
+/// When the earliest delayed job is due, as a dispatch at `now` (with no slot free) reports it.
+async fn next_due(s: &Store, now: i64) -> Option<i64> {
+    dispatch_as(s, &AgentId::generate(), now, 0, &[]).await.1
 }
 
 fn end(outcome: Outcome, delay_ms: u64) -> AttemptEnd {
@@ -117,13 +137,13 @@ async fn delayed_jobs_wait_for_their_time() {
     o.not_before_ms = Some(T0 + 5_000);
     let j = new_job("p", o);
     assert_eq!(s.enqueue(&j, T0).await.unwrap(), JobState::Delayed);
-    assert_eq!(s.next_due_ms().await.unwrap(), Some(T0 + 5_000));
+    assert_eq!(next_due(&s, T0).await, Some(T0 + 5_000));
     assert!(dispatch(&s, T0 + 4_999, 10, &[]).await.is_none());
     let d = dispatch(&s, T0 + 5_000, 10, &[])
         .await
         .expect("due at its time");
     assert_eq!(d.job_id, j.job_id);
-    assert_eq!(s.next_due_ms().await.unwrap(), None);
+    assert_eq!(next_due(&s, T0 + 5_000).await, None);
 }
 
 #[tokio::test]
@@ -607,18 +627,10 @@ async fn repeated_calls_are_safe_to_retry() {
     );
 
     let agent = AgentId::generate();
-    let first = s
-        .dispatch(T0, Duration::from_secs(30), &agent, "me", 10, &[])
-        .await
-        .unwrap()
-        .unwrap();
+    let first = dispatch_as(&s, &agent, T0, 10, &[]).await.0.unwrap();
     // A second job waiting must not be taken by the repeat.
     s.enqueue(&new_job("p", options(5)), T0).await.unwrap();
-    let again = s
-        .dispatch(T0, Duration::from_secs(30), &agent, "me", 10, &[])
-        .await
-        .unwrap()
-        .unwrap();
+    let again = dispatch_as(&s, &agent, T0, 10, &[]).await.0.unwrap();
     assert_eq!(
         (again.job_id, again.attempt),
         (first.job_id.clone(), first.attempt)

@@ -552,31 +552,9 @@ impl Store {
     }
 
     /// Promotes due delayed jobs, then, unless paused or full, takes the first pending job whose
-    /// profile has a free slot and creates its next attempt (in `spawning`) under `agent_id`.
-    pub async fn dispatch(
-        &self,
-        now_ms: i64,
-        lease: Duration,
-        agent_id: &AgentId,
-        owner: &str,
-        total_limit: usize,
-        profile_limits: &[(ProfileName, usize)],
-    ) -> Result<Option<Dispatched>, StoreError> {
-        let (mut started, _) = self
-            .dispatch_many(
-                now_ms,
-                lease,
-                std::slice::from_ref(agent_id),
-                owner,
-                total_limit,
-                profile_limits,
-            )
-            .await?;
-        Ok(started.pop())
-    }
-
-    /// Like [`Store::dispatch`], for up to one attempt per id in `agent_ids`, in one call; also
-    /// returns when the earliest delayed job becomes due (unix ms), if any.
+    /// profile has a free slot and creates its next attempt (in `spawning`), once per id in
+    /// `agent_ids`, in one call. Also returns when the earliest delayed job becomes due (unix
+    /// ms), if any.
     pub async fn dispatch_many(
         &self,
         now_ms: i64,
@@ -778,13 +756,6 @@ impl Store {
             cancelled,
             paused,
         })
-    }
-
-    /// When the earliest delayed job becomes due (unix ms), if any.
-    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        let mut con = self.con.clone();
-        let first: Vec<(String, f64)> = con.zrange_withscores(self.keys.delayed(), 0, 0).await?;
-        Ok(first.first().map(|(_, score)| *score as i64))
     }
 
     /// Extends the leases of `jobs` that `owner` holds.
