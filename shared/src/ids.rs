@@ -123,8 +123,9 @@ id_type!(
     CommandId, "command_id", 128
 );
 id_type!(
-    /// An agent's id: one attempt at running a job, chosen by the spoke when it dispatches.
-    AgentId, "agent_id", 64
+    /// An agent's id: one attempt at running a job, named `<job id>.<attempt number>` by the
+    /// spoke when it dispatches (see [`AgentId::of_attempt`]).
+    AgentId, "agent_id", 80
 );
 id_type!(
     /// A job's id, chosen by the spoke when it accepts a spawn.
@@ -139,9 +140,22 @@ impl CommandId {
 }
 
 impl AgentId {
-    /// A fresh, time-ordered agent id.
-    pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().to_string())
+    /// The id of attempt `attempt` (1 = the first) of `job`: `<job>.<attempt>`. Always valid: a
+    /// job id is at most 64 characters and starts with a letter or digit.
+    pub fn of_attempt(job: &JobId, attempt: u32) -> Self {
+        Self(format!("{job}.{attempt}"))
+    }
+
+    /// The job and attempt number this id names, if it has the shape [`AgentId::of_attempt`]
+    /// gives (any other id names no agent).
+    pub fn attempt(&self) -> Option<(JobId, u32)> {
+        let (job, n) = self.0.rsplit_once('.')?;
+        let n: u32 = n.parse().ok().filter(|n| *n > 0)?;
+        if n.to_string().len() != self.0.len() - job.len() - 1 {
+            // Leading zeros or a sign: not the canonical spelling, so not an agent's id.
+            return None;
+        }
+        Some((job.parse().ok()?, n))
     }
 }
 
@@ -186,8 +200,25 @@ mod tests {
     fn generated_ids_parse() {
         let c = CommandId::generate();
         assert_eq!(CommandId::parse_field("x", c.as_str()).unwrap(), c);
-        let a = AgentId::generate();
+        let job = JobId::generate();
+        let a = AgentId::of_attempt(&job, 3);
         assert_eq!(AgentId::parse_field("x", a.as_str()).unwrap(), a);
+        assert_eq!(a.attempt(), Some((job.clone(), 3)));
+        let longest: JobId = "j".repeat(JobId::MAX_LEN).parse().unwrap();
+        let a = AgentId::of_attempt(&longest, u32::MAX);
+        assert_eq!(AgentId::parse_field("x", a.as_str()).unwrap(), a);
+    }
+
+    #[test]
+    fn only_canonical_attempt_ids_name_an_attempt() {
+        for not in [
+            "job", "job.", "job.0", "job.01", "job.+1", ".1", "job.x", "job.1.a",
+        ] {
+            let id = AgentId::parse_field("x", not);
+            assert!(id.map_or(true, |a| a.attempt().is_none()), "{not}");
+        }
+        let a: AgentId = "j.b.12".parse().unwrap();
+        assert_eq!(a.attempt(), Some(("j.b".parse().unwrap(), 12)));
     }
 
     proptest! {

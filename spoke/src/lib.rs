@@ -59,22 +59,33 @@ pub async fn run(
     let config = Arc::new(config);
     let store = store::Store::connect(&config.valkey_url, &config.spoke_id).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let supervisor = runner::Supervisor::new(store.clone(), wake.clone());
-    let scheduler = scheduler::Scheduler::new(
-        config.clone(),
-        store.clone(),
-        supervisor.clone(),
-        wake.clone(),
-    );
-    let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
-    let scheduler = tokio::spawn(scheduler.run(scheduler_stopped));
-    let service = grpc::FederationService::new(config.clone(), store, supervisor.clone(), wake);
     let max_grace = config
         .profiles
         .values()
         .map(|p| p.kill_grace)
         .max()
         .unwrap_or_default();
+    let (recorder, records) = runner::Recorder::channel();
+    let supervisor = runner::Supervisor::new(recorder);
+    let scheduler = scheduler::Scheduler::new(
+        config.clone(),
+        store.clone(),
+        supervisor.clone(),
+        wake.clone(),
+        records,
+    );
+    let (phase, scheduler_phase) = tokio::sync::watch::channel(scheduler::Phase::Run);
+    let scheduler = tokio::spawn(scheduler.run(scheduler_phase));
+    // Ends the agents (their jobs go back to the queue) while the scheduler still writes their
+    // records, then stops the scheduler.
+    let stop_agents = || async {
+        let _ = phase.send(scheduler::Phase::Drain);
+        supervisor
+            .shutdown(max_grace + Duration::from_secs(5))
+            .await;
+        let _ = phase.send(scheduler::Phase::Exit);
+    };
+    let service = grpc::FederationService::new(config.clone(), store, supervisor.clone(), wake);
 
     tracing::info!(
         spoke = %config.spoke_id,
@@ -112,9 +123,8 @@ pub async fn run(
     tokio::select! {
         ended = &mut server => {
             // The server stopped without being asked: report why, after ending the agents.
-            let _ = stop_scheduler.send(true);
+            stop_agents().await;
             let _ = scheduler.await;
-            supervisor.shutdown(max_grace + Duration::from_secs(5)).await;
             return match ended {
                 Ok(result) => result.map_err(serve_error),
                 Err(e) => Err(RunError::Serve(e.to_string())),
@@ -128,11 +138,8 @@ pub async fn run(
     // Stop starting attempts, then end the running ones: their jobs go back to the queue.
     tracing::info!("spoke stopping; ending supervised attempts");
     let _ = stop_serving.send(());
-    let _ = stop_scheduler.send(true);
+    stop_agents().await;
     let _ = scheduler.await;
-    supervisor
-        .shutdown(max_grace + Duration::from_secs(5))
-        .await;
     match tokio::time::timeout(SHUTDOWN_DRAIN, &mut server).await {
         Ok(Ok(result)) => result.map_err(serve_error),
         Ok(Err(e)) => Err(RunError::Serve(e.to_string())),

@@ -4,27 +4,30 @@
 //! group, with a cleared environment plus the plan's variables, stdin closed and stdout/stderr
 //! captured into a bounded tail. One task per attempt owns its process: it records `running`
 //! (with the pid and the process's start time, so a later spoke can tell it from a reused pid),
-//! waits for exit, a stop request or the attempt's timeout, and ends the attempt through
-//! `store`'s `attempt_ended` script, which also moves the job on (done, retry or requeue). A
-//! stop sends SIGTERM to the whole group, then SIGKILL after the profile's grace; once the
-//! leader has exited the group is SIGKILLed so no child outlives its attempt. This module never
-//! decides whether a spawn is allowed (`profile`) or which job runs next (`scheduler`).
+//! waits for exit, a stop request or the attempt's timeout, and records the attempt's end,
+//! which also moves the job on (done, retry or requeue). Records go through a [`Recorder`] to
+//! the scheduler, which writes whatever has queued up in one Valkey call; the attempt keeps
+//! its slot until its end is written. A stop sends SIGTERM to the whole group, then SIGKILL
+//! after the profile's grace; once the leader has exited the group is SIGKILLed so no child
+//! outlives its attempt. This module never decides whether a spawn is allowed (`profile`) or
+//! which job runs next (`scheduler`).
 
 use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 use mosaic_shared::ids::{AgentId, JobId};
 use mosaic_shared::time::unix_ms;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::job::backoff;
 use crate::profile::LaunchPlan;
-use crate::store::{AttemptEnd, Dispatched, Guarded, Outcome, Store};
+use crate::store::{AttemptEnd, AttemptRecord, Dispatched, Guarded, Outcome};
 
 /// How many bytes of combined stdout/stderr an attempt's record keeps.
 pub const OUTPUT_TAIL_BYTES: usize = 4096;
@@ -43,7 +46,36 @@ pub enum Stop {
 struct Handle {
     job: JobId,
     stop: watch::Sender<Option<Stop>>,
-    done: watch::Receiver<bool>,
+    /// Dropped (with the handle) once the attempt's end is written: waiters then see it done.
+    done: watch::Sender<()>,
+}
+
+/// An attempt record on its way to Valkey, with where to send the result.
+pub struct PendingRecord {
+    pub record: AttemptRecord,
+    pub reply: oneshot::Sender<Guarded>,
+}
+
+/// Sends attempt records to the scheduler, which writes them in batches.
+#[derive(Clone)]
+pub struct Recorder(mpsc::UnboundedSender<PendingRecord>);
+
+impl Recorder {
+    /// A recorder and the receiving end for the scheduler. Unbounded, but each supervised
+    /// attempt has at most one record outstanding, so it holds at most `concurrency` items.
+    pub fn channel() -> (Recorder, mpsc::UnboundedReceiver<PendingRecord>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Recorder(tx), rx)
+    }
+
+    /// Queues `record`; the receiver resolves once it is written (or fails if the scheduler
+    /// has stopped).
+    fn send(&self, record: AttemptRecord) -> oneshot::Receiver<Guarded> {
+        let (reply, rx) = oneshot::channel();
+        // A send error drops `reply`, and the receiver reports that.
+        let _ = self.0.send(PendingRecord { record, reply });
+        rx
+    }
 }
 
 /// Outcome of a kill request.
@@ -60,19 +92,17 @@ pub enum KillOutcome {
 
 /// The attempts this spoke process is supervising.
 pub struct Supervisor {
-    store: Store,
-    /// Held only to insert, look up or remove a handle; never across an await.
+    recorder: Recorder,
+    /// Held only to insert, look up or remove a handle; never across an await. An attempt is
+    /// here, holding a slot, from launch until its end is written.
     running: Mutex<HashMap<AgentId, Handle>>,
-    /// Woken whenever an attempt ends, so the scheduler can fill the slot.
-    slot_freed: Arc<Notify>,
 }
 
 impl Supervisor {
-    pub fn new(store: Store, slot_freed: Arc<Notify>) -> Arc<Self> {
+    pub fn new(recorder: Recorder) -> Arc<Self> {
         Arc::new(Supervisor {
-            store,
+            recorder,
             running: Mutex::new(HashMap::new()),
-            slot_freed,
         })
     }
 
@@ -81,7 +111,7 @@ impl Supervisor {
     /// fails at once.
     pub fn launch(self: &Arc<Self>, d: Dispatched, plan: Result<LaunchPlan, String>) {
         let (stop_tx, stop_rx) = watch::channel(None);
-        let (done_tx, done_rx) = watch::channel(false);
+        let (done, _) = watch::channel(());
         self.running
             .lock()
             .expect("supervisor map poisoned")
@@ -90,23 +120,25 @@ impl Supervisor {
                 Handle {
                     job: d.job_id.clone(),
                     stop: stop_tx,
-                    done: done_rx,
+                    done,
                 },
             );
-        let this = self.clone();
+        let recorder = self.recorder.clone();
         tokio::spawn(async move {
             let ended = match plan {
-                Ok(plan) => run(&plan, &d, &this.store, stop_rx).await,
+                Ok(plan) => run(&plan, &d, &recorder, stop_rx).await,
                 Err(error) => Ended::failed(error),
             };
-            this.record(&d, ended).await;
-            this.running
-                .lock()
-                .expect("supervisor map poisoned")
-                .remove(&d.agent_id);
-            let _ = done_tx.send(true);
-            this.slot_freed.notify_one();
+            record_end(&recorder, &d, ended).await;
         });
+    }
+
+    /// Gives up the slot of an attempt whose end has been written (called by the scheduler).
+    pub fn release(&self, agent: &AgentId) {
+        self.running
+            .lock()
+            .expect("supervisor map poisoned")
+            .remove(agent);
     }
 
     /// Whether this process supervises the attempt.
@@ -148,7 +180,7 @@ impl Supervisor {
                     false
                 }
             });
-            h.done.clone()
+            h.done.subscribe()
         };
         wait_done(done, wait).await
     }
@@ -168,7 +200,7 @@ impl Supervisor {
                         }
                         first
                     });
-                    h.done.clone()
+                    h.done.subscribe()
                 })
                 .collect()
         };
@@ -176,40 +208,36 @@ impl Supervisor {
             wait_done(done, wait).await;
         }
     }
+}
 
-    async fn record(&self, d: &Dispatched, ended: Ended) {
-        let end = AttemptEnd {
-            outcome: ended.outcome,
-            retry_delay: backoff(d.backoff_base, d.backoff_cap, d.failures + 1, unit_random()),
-            error: ended.error,
-            exit_code: ended.exit_code,
-            signal: ended.signal,
-            output_tail: ended.output_tail,
-            started_in_process_at_ms: ended.started_in_process_at_ms,
-        };
-        // Valkey may be restarting; the connection manager reconnects, so retry for a while
-        // rather than leave the attempt looking alive (its lease would recover it eventually).
-        for attempt in 0..20u32 {
-            match self
-                .store
-                .attempt_ended(&d.job_id, &d.agent_id, unix_ms(), &end)
-                .await
-            {
-                Ok(Guarded::Applied(job_state)) => {
-                    tracing::info!(job = %d.job_id, agent = %d.agent_id, outcome = ?end.outcome, %job_state, error = %end.error, "attempt ended");
-                    return;
-                }
-                Ok(other) => {
-                    tracing::warn!(job = %d.job_id, agent = %d.agent_id, ?other, "attempt end refused");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(agent = %d.agent_id, attempt, error = %e, "cannot record attempt end; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt + 1))).await;
-                }
-            }
+/// Writes how an attempt ended (through the scheduler, which retries while Valkey is away).
+async fn record_end(recorder: &Recorder, d: &Dispatched, ended: Ended) {
+    let end = AttemptEnd {
+        outcome: ended.outcome,
+        retry_delay: backoff(d.backoff_base, d.backoff_cap, d.failures + 1, unit_random()),
+        error: ended.error,
+        exit_code: ended.exit_code,
+        signal: ended.signal,
+        output_tail: ended.output_tail,
+        started_in_process_at_ms: ended.started_in_process_at_ms,
+    };
+    let outcome = end.outcome;
+    let written = recorder.send(AttemptRecord::Ended {
+        job: d.job_id.clone(),
+        agent: d.agent_id.clone(),
+        at_ms: unix_ms(),
+        end,
+    });
+    match written.await {
+        Ok(Guarded::Applied(job_state)) => {
+            tracing::info!(job = %d.job_id, agent = %d.agent_id, ?outcome, %job_state, "attempt ended");
         }
-        tracing::error!(agent = %d.agent_id, "gave up recording attempt end; its lease will expire");
+        Ok(other) => {
+            tracing::warn!(job = %d.job_id, agent = %d.agent_id, ?other, "attempt end refused");
+        }
+        Err(_) => {
+            tracing::warn!(agent = %d.agent_id, "spoke stopped before the attempt's end was written; its lease will expire and recovery ends it");
+        }
     }
 }
 
@@ -220,9 +248,9 @@ pub(crate) fn unit_random() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-async fn wait_done(mut done: watch::Receiver<bool>, wait: Duration) -> KillOutcome {
-    match tokio::time::timeout(wait, done.wait_for(|d| *d)).await {
-        // A dropped sender also means the task has finished.
+async fn wait_done(mut done: watch::Receiver<()>, wait: Duration) -> KillOutcome {
+    // The sender is never used to send: it is dropped when the attempt's end is written.
+    match tokio::time::timeout(wait, done.changed()).await {
         Ok(_) => KillOutcome::Ended,
         Err(_) => KillOutcome::StillEnding,
     }
@@ -271,7 +299,7 @@ impl Ended {
 async fn run(
     plan: &LaunchPlan,
     d: &Dispatched,
-    store: &Store,
+    recorder: &Recorder,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Ended {
     if let Some(why) = stop.borrow().clone() {
@@ -320,36 +348,46 @@ async fn run(
         child.stderr.take().map(|s| spawn_reader(s, tail.clone())),
     ];
 
-    match store
-        .attempt_running(&d.job_id, &d.agent_id, unix_ms(), pid, started)
-        .await
-    {
-        Ok(Guarded::Applied(_)) => {}
-        other => {
-            // We cannot record that it runs, so it must not run.
-            signal_group(group, Signal::SIGKILL);
-            let _ = child.wait().await;
-            return Ended::failed(format!("cannot record attempt as running: {other:?}"));
-        }
-    }
-
+    // The running record is written while the process runs; an end that comes first waits
+    // behind it in the recorder's queue, so the two are written in order.
+    let mut running = Some(recorder.send(AttemptRecord::Running {
+        job: d.job_id.clone(),
+        agent: d.agent_id.clone(),
+        at_ms: unix_ms(),
+        pid,
+        proc_start: started,
+    }));
     let timeout = d.attempt_timeout;
-    let why = tokio::select! {
-        status = child.wait() => {
-            signal_group(group, Signal::SIGKILL);
-            let tail = collect_tail(readers, &tail).await;
-            return exited(status, tail);
-        }
-        // Clone inside the future: a watch guard must not live across the select's awaits.
-        why = async { stop.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
-            why.ok().flatten().unwrap_or(Stop::Shutdown)
-        }
-        () = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let why = loop {
+        tokio::select! {
+            written = async { running.as_mut().expect("guarded by the branch condition").await },
+                if running.is_some() =>
+            {
+                running = None;
+                if !matches!(written, Ok(Guarded::Applied(_))) {
+                    // We cannot record that it runs, so it must not run.
+                    signal_group(group, Signal::SIGKILL);
+                    let _ = child.wait().await;
+                    return Ended::failed(format!("cannot record attempt as running: {written:?}"));
+                }
             }
-        } => Stop::Timeout(timeout.unwrap_or_default()),
+            status = child.wait() => {
+                signal_group(group, Signal::SIGKILL);
+                let tail = collect_tail(readers, &tail).await;
+                return exited(status, tail);
+            }
+            // Clone inside the future: a watch guard must not live across the select's awaits.
+            why = async { stop.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
+                break why.ok().flatten().unwrap_or(Stop::Shutdown);
+            }
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => break Stop::Timeout(timeout.unwrap_or_default()),
+        }
     };
     tracing::info!(agent = %d.agent_id, pid, ?why, "stopping attempt's process group");
     signal_group(group, Signal::SIGTERM);

@@ -1,11 +1,18 @@
 //! The spoke's scheduler: starts queued jobs when slots are free, keeps the leases of running
 //! attempts alive, recovers attempts whose spoke process is gone, and applies retention.
 //!
-//! One task runs [`Scheduler::run`]. It dispatches until the queue has nothing runnable, then
-//! sleeps until the earliest delayed job is due (a monotonic `tokio` sleep computed from the
-//! stored wall-clock time, re-read from Valkey on every pass so that a reconnect or a restart
-//! cannot make it drift), until an attempt ends or a job is enqueued (a [`Notify`]), or until
-//! the next maintenance pass. It never busy-polls: a pass with nothing to do sleeps.
+//! One task runs [`Scheduler::run`], and it is the only writer of attempt transitions. Each
+//! pass takes every attempt record the runners have queued (started running, ended; see
+//! `runner::Recorder`) and, if slots are free and the queue may hold runnable jobs, asks for
+//! new attempts, all in one `Store::step` call: a job's end and the next job's start share a
+//! round trip, and under load one call carries many attempts. Ends free their slots as soon as
+//! they are written. With nothing to write and nothing to start, it sleeps until a record
+//! arrives, a job is enqueued or the queue resumed (a [`Notify`]), the earliest delayed job is
+//! due (a monotonic `tokio` sleep computed from the stored wall-clock time, re-read from Valkey
+//! on every promotion so that a reconnect or a restart cannot make it drift), or the next
+//! maintenance pass. It never busy-polls. When a call fails (Valkey away), it keeps the batch
+//! and the new attempts' ids and retries with backoff: every record and the dispatch are safe
+//! to repeat, so nothing is lost or created twice.
 //!
 //! Recovery policy: an active job whose lease has run out and that no task of this process
 //! supervises belongs to a spoke process that is gone. Before anything else happens to it,
@@ -15,22 +22,38 @@
 //! has two live processes. This module decides what runs when; `runner` runs it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mosaic_shared::ids::{AgentId, ProfileName};
+use mosaic_shared::ids::ProfileName;
 use mosaic_shared::time::unix_ms;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 
 use crate::config::SpokeConfig;
 use crate::job::backoff;
 use crate::profile::{self, JobSpec};
-use crate::runner::{Supervisor, is_same_live_process, signal_group};
-use crate::store::{AttemptEnd, ExpiredLease, Guarded, Outcome, Store, StoreError};
+use crate::runner::{PendingRecord, Supervisor, is_same_live_process, signal_group};
+use crate::store::{AttemptEnd, DispatchRequest, ExpiredLease, Guarded, Outcome, Store};
 
-/// Most attempts asked for in one dispatch call.
+/// Most attempts asked for in one call.
 const MAX_DISPATCH_BATCH: usize = 64;
+/// Most attempt records written in one call.
+const MAX_RECORD_BATCH: usize = 256;
+/// Longest wait between retries of a failed call.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// What the scheduler is doing; the spoke moves it forward on shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Writing records and starting jobs.
+    Run,
+    /// Writing records (of attempts being stopped) but starting nothing.
+    Drain,
+    /// Stopped.
+    Exit,
+}
 
 /// The error recorded on an attempt whose spoke process disappeared.
 pub const SPOKE_RESTARTED: &str = "spoke_restarted";
@@ -42,6 +65,7 @@ pub struct Scheduler {
     /// This spoke process's instance id: the owner recorded on the leases it holds.
     owner: String,
     wake: Arc<Notify>,
+    records: mpsc::UnboundedReceiver<PendingRecord>,
     profile_limits: Vec<(ProfileName, usize)>,
 }
 
@@ -51,6 +75,7 @@ impl Scheduler {
         store: Store,
         supervisor: Arc<Supervisor>,
         wake: Arc<Notify>,
+        records: mpsc::UnboundedReceiver<PendingRecord>,
     ) -> Self {
         let profile_limits = config
             .profiles
@@ -63,82 +88,124 @@ impl Scheduler {
             supervisor,
             owner: uuid::Uuid::now_v7().to_string(),
             wake,
+            records,
             profile_limits,
         }
     }
 
-    /// Runs until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Runs until `phase` reaches [`Phase::Exit`].
+    pub async fn run(mut self, mut phase: watch::Receiver<Phase>) {
         let maintenance_every = self.config.queue.lease / 3;
         let mut next_maintenance = Instant::now();
+        let mut batch: Vec<PendingRecord> = Vec::new();
+        // The dispatch (token, count) of a call that failed: asked for again, so that a call
+        // which ran but whose reply was lost returns what it created.
+        let mut asked: Option<(String, usize)> = None;
+        // Whether the queue may hold a job that could start now.
+        let mut runnable = true;
+        let mut next_due: Option<i64> = None;
+        let mut failures = 0u32;
         tracing::info!(owner = %self.owner, concurrency = self.config.queue.concurrency, "scheduler running");
-        while !*stop.borrow() {
+        loop {
+            let now_phase = *phase.borrow();
+            if now_phase == Phase::Exit {
+                break;
+            }
             if Instant::now() >= next_maintenance {
                 self.maintain().await;
                 next_maintenance = Instant::now() + maintenance_every;
+                runnable = true;
             }
-            let mut wait = next_maintenance.saturating_duration_since(Instant::now());
-            match self.dispatch_all().await {
-                Ok(Some(due)) => {
-                    let until = Duration::from_millis((due - unix_ms()).max(0) as u64);
-                    wait = wait.min(until);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "dispatch failed; retrying shortly");
-                    wait = wait.min(Duration::from_millis(500));
+            while batch.len() < MAX_RECORD_BATCH {
+                match self.records.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
-            }
-        }
-        tracing::info!("scheduler stopped");
-    }
-
-    /// Starts attempts until nothing more can start now, asking for as many per call as this
-    /// process has free slots. Returns when the earliest delayed job becomes due, if known.
-    /// With every local slot taken it asks nothing: a slot freeing up wakes the loop.
-    async fn dispatch_all(&self) -> Result<Option<i64>, StoreError> {
-        loop {
+            let ending = batch.iter().filter(|r| r.record.is_end()).count();
+            let busy = self.supervisor.running_count().saturating_sub(ending);
             let free = self
                 .config
                 .queue
                 .concurrency
-                .saturating_sub(self.supervisor.running_count())
+                .saturating_sub(busy)
                 .min(MAX_DISPATCH_BATCH);
-            if free == 0 {
-                return Ok(None);
+            let due = next_due.is_some_and(|t| t <= unix_ms());
+            let start = now_phase == Phase::Run && (runnable || due) && free > 0;
+            if batch.is_empty() && !start && !(due && now_phase == Phase::Run) {
+                let mut wait = next_maintenance.saturating_duration_since(Instant::now());
+                if let Some(t) = next_due {
+                    wait = wait.min(Duration::from_millis((t - unix_ms()).max(0) as u64));
+                }
+                tokio::select! {
+                    r = self.records.recv() => batch.extend(r),
+                    () = self.wake.notified() => runnable = true,
+                    () = tokio::time::sleep(wait) => {}
+                    _ = phase.changed() => {}
+                }
+                continue;
             }
-            let agents: Vec<AgentId> = (0..free).map(|_| AgentId::generate()).collect();
-            let (started, next_due) = self
-                .store
-                .dispatch_many(
-                    unix_ms(),
-                    self.config.queue.lease,
-                    &agents,
-                    &self.owner,
-                    self.config.queue.concurrency,
-                    &self.profile_limits,
-                )
-                .await?;
-            let got = started.len();
-            for d in started {
-                // Planned again now: the profile may have changed since the job was queued.
-                let plan = serde_json::from_str::<JobSpec>(&d.spec)
-                    .map_err(|e| format!("stored job spec is unreadable: {e}"))
-                    .and_then(|spec| {
-                        profile::plan(&self.config.profiles, &d.profile, &spec)
-                            .map_err(|e| e.to_string())
-                    });
-                self.supervisor.launch(d, plan);
+            if start && asked.is_none() {
+                asked = Some((uuid::Uuid::now_v7().to_string(), free));
             }
-            if got < free {
-                return Ok(next_due);
+            let records: Vec<_> = batch.iter().map(|p| p.record.clone()).collect();
+            let (token, count) = match (&asked, start) {
+                (Some((token, count)), true) => (token.as_str(), *count),
+                _ => ("", 0),
+            };
+            let request = DispatchRequest {
+                count,
+                token,
+                lease: self.config.queue.lease,
+                owner: &self.owner,
+                total_limit: self.config.queue.concurrency,
+                profile_limits: &self.profile_limits,
+                promote: now_phase == Phase::Run,
+            };
+            let dispatch = (now_phase == Phase::Run).then_some(&request);
+            match self.store.step(unix_ms(), &records, dispatch).await {
+                Ok(out) => {
+                    failures = 0;
+                    for (pending, result) in batch.drain(..).zip(out.records) {
+                        if pending.record.is_end() {
+                            self.supervisor.release(pending.record.agent());
+                        }
+                        let _ = pending.reply.send(result);
+                    }
+                    if dispatch.is_some() {
+                        next_due = out.next_due;
+                    }
+                    if start {
+                        // Fewer than asked: nothing more can start until something changes.
+                        runnable = out.dispatched.len() == count;
+                        asked = None;
+                    } else if due {
+                        runnable = true;
+                    }
+                    for d in out.dispatched {
+                        // Planned again now: the profile may have changed since the job was
+                        // queued.
+                        let plan = serde_json::from_str::<JobSpec>(&d.spec)
+                            .map_err(|e| format!("stored job spec is unreadable: {e}"))
+                            .and_then(|spec| {
+                                profile::plan(&self.config.profiles, &d.profile, &spec)
+                                    .map_err(|e| e.to_string())
+                            });
+                        self.supervisor.launch(d, plan);
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let wait = Duration::from_millis(100 << failures.min(5)).min(MAX_RETRY_WAIT);
+                    tracing::warn!(error = %e, records = batch.len(), retry_in = ?wait, "cannot write to the queue; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = phase.changed() => {}
+                    }
+                }
             }
         }
+        tracing::info!("scheduler stopped");
     }
 
     async fn maintain(&self) {

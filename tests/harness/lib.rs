@@ -260,7 +260,7 @@ impl Federation {
         }
     }
 
-    /// How many agents the spoke has ever recorded (its agents index in Valkey).
+    /// How many agents (attempts) the spoke has recorded: the sum of its jobs' attempt counts.
     pub async fn agent_count(&self, spoke: &str) -> u64 {
         let keys = mosaic_spoke::store::keys::Keys::new(&spoke_id(spoke));
         let client = redis::Client::open(self.valkey_url()).expect("valkey url");
@@ -268,11 +268,35 @@ impl Federation {
             .get_multiplexed_async_connection()
             .await
             .expect("valkey connection");
-        redis::cmd("ZCARD")
-            .arg(keys.agents())
-            .query_async(&mut con)
-            .await
-            .expect("ZCARD")
+        let mut jobs: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", keys.job_prefix()))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .expect("SCAN");
+            jobs.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut total = 0;
+        for job in jobs {
+            let attempts: Option<u64> = redis::cmd("HGET")
+                .arg(&job)
+                .arg("attempts")
+                .query_async(&mut con)
+                .await
+                .expect("HGET");
+            total += attempts.unwrap_or(0);
+        }
+        total
     }
 
     /// Stops the spoke as an operator would (SIGTERM) and waits for it to exit.

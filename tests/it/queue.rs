@@ -50,23 +50,16 @@ fn new_job(profile: &str, options: JobOptions) -> NewJob {
     }
 }
 
-/// One dispatch call asking for one attempt under `agent`; also returns the next due time.
+/// One dispatch call asking for one attempt, with `token`; also returns the next due time.
 async fn dispatch_as(
     s: &Store,
-    agent: &AgentId,
+    token: &str,
     now: i64,
     limit: usize,
     limits: &[(ProfileName, usize)],
 ) -> (Option<Dispatched>, Option<i64>) {
     let (mut started, next_due) = s
-        .dispatch_many(
-            now,
-            Duration::from_secs(30),
-            std::slice::from_ref(agent),
-            "me",
-            limit,
-            limits,
-        )
+        .dispatch_many(now, Duration::from_secs(30), 1, token, "me", limit, limits)
         .await
         .unwrap();
     (started.pop(), next_due)
@@ -78,14 +71,16 @@ async fn dispatch(
     limit: usize,
     limits: &[(ProfileName, usize)],
 ) -> Option<Dispatched> {
-    dispatch_as(s, &AgentId::generate(), now, limit, limits)
-        .await
-        .0
+    dispatch_as(s, &fresh_token(), now, limit, limits).await.0
 }
 
 /// When the earliest delayed job is due, as a dispatch at `now` (with no slot free) reports it.
 async fn next_due(s: &Store, now: i64) -> Option<i64> {
-    dispatch_as(s, &AgentId::generate(), now, 0, &[]).await.1
+    dispatch_as(s, &fresh_token(), now, 0, &[]).await.1
+}
+
+fn fresh_token() -> String {
+    JobId::generate().to_string()
 }
 
 fn end(outcome: Outcome, delay_ms: u64) -> AttemptEnd {
@@ -626,11 +621,12 @@ async fn repeated_calls_are_safe_to_retry() {
         "one job, not two"
     );
 
-    let agent = AgentId::generate();
-    let first = dispatch_as(&s, &agent, T0, 10, &[]).await.0.unwrap();
+    let token = fresh_token();
+    let first = dispatch_as(&s, &token, T0, 10, &[]).await.0.unwrap();
+    let agent = first.agent_id.clone();
     // A second job waiting must not be taken by the repeat.
     s.enqueue(&new_job("p", options(5)), T0).await.unwrap();
-    let again = dispatch_as(&s, &agent, T0, 10, &[]).await.0.unwrap();
+    let again = dispatch_as(&s, &token, T0, 10, &[]).await.0.unwrap();
     assert_eq!(
         (again.job_id, again.attempt),
         (first.job_id.clone(), first.attempt)
@@ -642,6 +638,21 @@ async fn repeated_calls_are_safe_to_retry() {
     assert_eq!(run(42).await.unwrap(), Guarded::Applied("spawning".into()));
     assert_eq!(run(42).await.unwrap(), Guarded::Applied("spawning".into()));
     assert_eq!(run(43).await.unwrap(), Guarded::Refused("running".into()));
+    let (done, killed) = (end(Outcome::Completed, 0), end(Outcome::Killed, 0));
+    let finish = |e| s.attempt_ended(&first.job_id, &agent, T0, e);
+    let completed = Guarded::Applied("completed".into());
+    assert_eq!(finish(&done).await.unwrap(), completed);
+    assert_eq!(finish(&done).await.unwrap(), completed);
+    assert_eq!(
+        finish(&killed).await.unwrap(),
+        Guarded::Refused("completed".into()),
+        "a different end of an ended attempt is refused"
+    );
+    assert_eq!(
+        s.queue_counts().await.unwrap().completed,
+        1,
+        "the repeat moved nothing"
+    );
 
     let queued = new_job("p", options(5));
     s.enqueue(&queued, T0).await.unwrap();

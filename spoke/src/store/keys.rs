@@ -5,19 +5,26 @@
 //! `mosaic_shared::ids` and cannot contain `{`, `}` or `:`.
 //!
 //! Scripts that pick a job inside Valkey (dispatch with promotion, lease renewal, retention)
-//! build that job's keys from [`Keys::job_prefix`], [`ATTEMPTS`] and [`Keys::agent_prefix`],
-//! which they receive as arguments, so the layout still lives in this one file.
+//! build that job's key from [`Keys::job_prefix`], and its attempts' fields with
+//! [`ATTEMPT_FIELD`], which they receive as arguments, so the layout still lives in this one
+//! file.
 
-use mosaic_shared::ids::{AgentId, CommandId, HubId, SpokeId};
+use mosaic_shared::ids::{CommandId, HubId, SpokeId};
 
 use crate::job::JobState;
 
-/// `<prefix>job:<id>`: hash holding one job's record.
+/// `<prefix>job:<id>`: hash holding one job's record and its attempts' (agents') records: the
+/// attempts' ids, oldest first, in its `agents` field, and attempt `n`'s fields as
+/// [`attempt_field`]`(n, name)`. An agent's id names its job and attempt number, so one read
+/// finds it.
 pub const JOB: &str = "job:";
-/// `<prefix>job:<id>` + this: list of the job's attempt (agent) ids, oldest first.
-pub const ATTEMPTS: &str = ":attempts";
-/// `<prefix>agent:<id>`: hash holding one agent's (attempt's) record.
-pub const AGENT: &str = "agent:";
+/// What an attempt's field names in its job's hash start with.
+pub const ATTEMPT_FIELD: &str = "a";
+
+/// The field `name` of attempt `n` (1 = the first) in its job's hash: `a<n>.<name>`.
+pub fn attempt_field(n: u32, name: &str) -> String {
+    format!("{ATTEMPT_FIELD}{n}.{name}")
+}
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -37,40 +44,21 @@ impl Keys {
         format!("{}{JOB}", self.prefix)
     }
 
-    /// `<prefix>agent:`: what an agent id is appended to, for scripts that build agent keys.
-    pub fn agent_prefix(&self) -> String {
-        format!("{}{AGENT}", self.prefix)
-    }
-
     /// Replay record of a hub's command: empty while it executes, then the encoded signed
     /// receipt. Keyed per hub so that no hub can ever be handed another hub's receipt.
     pub fn command(&self, hub: &HubId, id: &CommandId) -> String {
         format!("{}cmd:{hub}:{id}", self.prefix)
     }
 
-    /// Hash holding one agent's record.
-    pub fn agent(&self, id: &AgentId) -> String {
-        format!("{}{AGENT}{id}", self.prefix)
-    }
-
-    /// Sorted set of agent ids scored by creation time.
-    pub fn agents(&self) -> String {
-        format!("{}agents", self.prefix)
+    /// The token of the last dispatch by the spoke process `owner` (its scheduler's instance
+    /// id), so that a retried dispatch finds what its first try created.
+    pub fn dispatch_token(&self, owner: &str) -> String {
+        format!("{}q:dispatched:{owner}", self.prefix)
     }
 
     /// Hash holding one job's record.
     pub fn job(&self, id: &str) -> String {
         format!("{}{JOB}{id}", self.prefix)
-    }
-
-    /// List of a job's attempt ids.
-    pub fn job_attempts(&self, id: &str) -> String {
-        format!("{}{JOB}{id}{ATTEMPTS}", self.prefix)
-    }
-
-    /// Sorted set of job ids scored by creation time.
-    pub fn jobs(&self) -> String {
-        format!("{}jobs", self.prefix)
     }
 
     /// Jobs ready to run, scored by [`crate::job::pending_score`].
@@ -124,11 +112,8 @@ mod tests {
         let k = Keys::new(&"spoke-a".parse().unwrap());
         let all = [
             k.command(&"h".parse().unwrap(), &"c1".parse().unwrap()),
-            k.agent(&"a1".parse().unwrap()),
-            k.agents(),
+            k.dispatch_token("0190-owner"),
             k.job("j1"),
-            k.job_attempts("j1"),
-            k.jobs(),
             k.pending(),
             k.delayed(),
             k.active(),
@@ -143,12 +128,7 @@ mod tests {
         }
         // What the scripts build from the layout is what the Rust builders build.
         assert_eq!(k.job("j1"), format!("{}j1", k.job_prefix()));
-        assert_eq!(
-            k.job_attempts("j1"),
-            format!("{}j1{ATTEMPTS}", k.job_prefix())
-        );
-        let agent = k.agent(&"a1".parse().unwrap());
-        assert_eq!(agent, format!("{}a1", k.agent_prefix()));
-        assert!(k.job_prefix().ends_with(JOB) && k.agent_prefix().ends_with(AGENT));
+        assert!(k.job_prefix().ends_with(JOB));
+        assert_eq!(attempt_field(3, "pid"), "a3.pid");
     }
 }

@@ -11,7 +11,8 @@ mod queue;
 mod retry;
 
 pub use queue::{
-    AttemptEnd, Dispatched, ExpiredLease, Guarded, JobRecord, NewJob, Outcome, QueueCounts,
+    AttemptEnd, AttemptRecord, DispatchRequest, Dispatched, ExpiredLease, Guarded, JobRecord,
+    NewJob, Outcome, QueueCounts, Stepped,
 };
 
 use std::collections::HashMap;
@@ -80,47 +81,70 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
-    fn from_hash(key: &str, mut h: HashMap<String, String>) -> Result<Self, StoreError> {
+    /// Attempt `n` of `job` from its job's hash (see [`keys::JOB`]); `None` if the job has no
+    /// such attempt.
+    fn from_job_hash(
+        key: &str,
+        h: &HashMap<String, String>,
+        job: &JobId,
+        n: u32,
+    ) -> Result<Option<Self>, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             key: key.to_owned(),
             reason,
         };
-        let mut take = |f: &str| h.remove(f).ok_or_else(|| corrupt(format!("missing {f}")));
-        fn num<T: std::str::FromStr>(v: Option<String>, f: &str) -> Result<Option<T>, String> {
+        let field = |name: &str| h.get(&keys::attempt_field(n, name)).map(String::as_str);
+        let Some(created) = field("created_at_ms") else {
+            return Ok(None);
+        };
+        // An attempt's state is written when it ends; until then its job's state implies it.
+        let state = match field("state") {
+            Some(s) => s.parse().map_err(corrupt)?,
+            None => match h.get("state").map(String::as_str) {
+                Some("assigned") => AgentState::Spawning,
+                Some("executing") => AgentState::Running,
+                other => {
+                    return Err(corrupt(format!(
+                        "attempt {n} has no state while its job is {other:?}"
+                    )));
+                }
+            },
+        };
+        let job_field = |f: &str| {
+            h.get(f)
+                .map(String::as_str)
+                .ok_or_else(|| corrupt(format!("missing {f}")))
+        };
+        fn num<T: std::str::FromStr>(v: Option<&str>, f: &str) -> Result<Option<T>, String> {
             v.filter(|s| !s.is_empty())
                 .map(|s| s.parse::<T>().map_err(|_| format!("{f} is not a number")))
                 .transpose()
         }
-        let agent_id = take("agent_id")?;
-        let job_id = take("job_id")?;
-        let attempt = take("attempt")?;
-        let profile = take("profile")?;
-        let workspace = take("workspace")?;
-        let command_id = take("command_id")?;
-        let state = take("state")?;
-        let created = take("created_at_ms")?;
-        Ok(AgentRecord {
-            agent_id: agent_id.parse().map_err(|e| corrupt(format!("{e}")))?,
-            job_id: job_id.parse().map_err(|e| corrupt(format!("{e}")))?,
-            attempt: attempt
-                .parse()
-                .map_err(|_| corrupt("attempt is not a number".into()))?,
-            profile: profile.parse().map_err(|e| corrupt(format!("{e}")))?,
-            workspace: workspace.parse().map_err(|e| corrupt(format!("{e}")))?,
-            command_id: command_id.parse().map_err(|e| corrupt(format!("{e}")))?,
-            state: state.parse().map_err(corrupt)?,
+        let idc = |e: mosaic_shared::ids::IdError| corrupt(e.to_string());
+        let pid = num::<u32>(field("pid"), "pid").map_err(corrupt)?;
+        Ok(Some(AgentRecord {
+            agent_id: AgentId::of_attempt(job, n),
+            job_id: job.clone(),
+            attempt: n,
+            profile: job_field("profile")?.parse().map_err(idc)?,
+            workspace: job_field("workspace")?.parse().map_err(idc)?,
+            command_id: queue::Launch::parse(job_field("launch")?)
+                .map_err(corrupt)?
+                .command_id,
+            state,
             created_at_ms: created
                 .parse()
                 .map_err(|_| corrupt("created_at_ms is not a number".into()))?,
-            started_at_ms: num(h.remove("started_at_ms"), "started_at_ms").map_err(corrupt)?,
-            finished_at_ms: num(h.remove("finished_at_ms"), "finished_at_ms").map_err(corrupt)?,
-            exit_code: num(h.remove("exit_code"), "exit_code").map_err(corrupt)?,
-            signal: num(h.remove("signal"), "signal").map_err(corrupt)?,
-            pid: num(h.remove("pid"), "pid").map_err(corrupt)?,
-            proc_start: num(h.remove("proc_start"), "proc_start").map_err(corrupt)?,
-            error: h.remove("error").unwrap_or_default(),
-            output_tail: h.remove("output_tail").unwrap_or_default(),
-        })
+            started_at_ms: num(field("started_at_ms"), "started_at_ms").map_err(corrupt)?,
+            finished_at_ms: num(field("finished_at_ms"), "finished_at_ms").map_err(corrupt)?,
+            exit_code: num(field("exit_code"), "exit_code").map_err(corrupt)?,
+            signal: num(field("signal"), "signal").map_err(corrupt)?,
+            // An in-process attempt records pid 0: it has no process of its own.
+            pid: pid.filter(|p| *p != 0),
+            proc_start: num(field("proc_start"), "proc_start").map_err(corrupt)?,
+            error: field("error").unwrap_or_default().to_owned(),
+            output_tail: field("output_tail").unwrap_or_default().to_owned(),
+        }))
     }
 
     pub fn to_pb(&self) -> pb::AgentStatus {
@@ -252,18 +276,20 @@ impl Store {
         Ok(())
     }
 
+    /// The agent (attempt) with this id, read from its job's record.
     pub async fn agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
-        let mut con = self.con.clone();
-        let key = self.keys.agent(id);
-        let h: HashMap<String, String> = con.hgetall(&key).await?;
-        if h.is_empty() {
+        let Some((job, n)) = id.attempt() else {
             return Ok(None);
-        }
-        AgentRecord::from_hash(&key, h).map(Some)
+        };
+        let mut con = self.con.clone();
+        let key = self.keys.job(job.as_str());
+        let h: HashMap<String, String> = con.hgetall(&key).await?;
+        AgentRecord::from_job_hash(&key, &h, &job, n)
     }
 
-    /// Lifecycle events recorded for `agent`, oldest first, as `(from, to)` pairs. Reads the
-    /// whole bounded stream; meant for tests and diagnostics until the events issue adds cursors.
+    /// Lifecycle transitions recorded for `agent`, oldest first, as `(from, to)` pairs: the
+    /// states its events' kinds imply, in order (the first from ""). Reads the whole bounded
+    /// stream; meant for tests and diagnostics until the events issue adds cursors.
     pub async fn lifecycle_events(
         &self,
         agent: &AgentId,
@@ -273,15 +299,38 @@ impl Store {
         let field = |id: &redis::streams::StreamId, f: &str| -> String {
             id.get::<String>(f).unwrap_or_default()
         };
+        let mut from = String::new();
         Ok(reply
             .ids
             .iter()
-            .filter(|e| {
-                field(e, "kind") == "agent.lifecycle" && field(e, "agent_id") == agent.as_str()
+            .filter(|e| field(e, "agent_id") == agent.as_str())
+            .filter_map(|e| {
+                let to = attempt_state_after(&field(e, "kind"))?.to_string();
+                if field(e, "started_at_ms").is_empty() {
+                    Some(vec![(std::mem::replace(&mut from, to.clone()), to)])
+                } else {
+                    // An in-process attempt's start is recorded in its end's event.
+                    let running = AgentState::Running.to_string();
+                    let started = (std::mem::replace(&mut from, to.clone()), running.clone());
+                    Some(vec![started, (running, to)])
+                }
             })
-            .map(|e| (field(e, "from"), field(e, "to")))
+            .flatten()
             .collect())
     }
+}
+
+/// The state an attempt is in after an event of `kind` that names it (events state the
+/// transition by their kind; see `queue`'s scripts).
+pub fn attempt_state_after(kind: &str) -> Option<AgentState> {
+    Some(match kind {
+        "job.started" => AgentState::Spawning,
+        "agent.running" => AgentState::Running,
+        "job.completed" => AgentState::Completed,
+        "job.cancelled" => AgentState::Killed,
+        "job.failed" | "job.retry" | "job.requeued" => AgentState::Failed,
+        _ => return None,
+    })
 }
 
 /// A Valkey URL without its password, for messages and logs.

@@ -1,11 +1,19 @@
 //! The job queue in Valkey: enqueue, dispatch, attempt start and end, retries, operator
 //! controls, leases and retention.
 //!
-//! Each transition is one Lua script that checks the job's (and attempt's) current state,
-//! updates the records, moves the job between the queue's sorted sets and appends the events,
-//! so no reader sees a job in two places or a state without its event. Scripts receive "now" and
-//! every random choice from Rust, which keeps them deterministic. Key names come from `keys`
-//! (scripts that choose a job build its keys from [`Keys::prefix`] and the suffixes there).
+//! Each transition is checked, applied and announced by a Lua script in one step: it checks
+//! the job's (and attempt's) current state, updates the records, moves the job between the
+//! queue's sorted sets and appends the event, so no reader sees a job in two places or a state
+//! without its event. Attempt transitions and dispatch share one script, STEP, which applies a
+//! batch of attempt records (started running, ended) in order and then creates new attempts
+//! for free slots: the scheduler makes one call per batch, whatever the number of attempts in
+//! it. Scripts receive "now" and every random choice from Rust, which keeps them
+//! deterministic. Key names come from `keys` (scripts that choose a job build its keys from
+//! [`Keys::job_prefix`] and [`Keys::agent_prefix`]).
+//!
+//! A job's attempts live in the job's hash (see `keys::JOB`), so a transition reads and writes
+//! one hash. The current attempt is the job's `attempts`-th; its state is implied by the job's
+//! while the job is active (assigned: spawning, executing: running) and written once it ends.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,278 +31,325 @@ const PRELUDE: &str = include_str!("queue.lua");
 
 /// How many pending jobs dispatch examines for one whose profile has a free slot.
 const DISPATCH_SCAN: usize = 64;
-/// Most due delayed jobs promoted by one dispatch call.
+/// Most due delayed jobs promoted by one call.
 const PROMOTE_BATCH: usize = 256;
 /// Most finished jobs deleted by one retention call per terminal state.
 const TRIM_BATCH: usize = 500;
+/// Fields per attempt record in STEP's arguments.
+const RECORD_FIELDS: usize = 12;
+/// Fields per created attempt in STEP's reply.
+const DISPATCHED_FIELDS: usize = 6;
 
 const ENQUEUE: &str = r"
--- KEYS: job, jobs index, pending, delayed, seq, events
+-- KEYS: job, pending, delayed, seq, events
 -- ARGV: job id, now, ready_at, priority, workspace, maxlen, then field/value pairs
 -- A repeat (a retried call whose first try ran) reports the job as it is.
 local existing = redis.call('HGET', KEYS[1], 'state')
 if existing then return existing end
-local seq = redis.call('INCR', KEYS[5])
+local seq = redis.call('INCR', KEYS[4])
 local state = 'pending'
 if tonumber(ARGV[3]) > tonumber(ARGV[2]) then
   state = 'delayed'
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 else
-  redis.call('ZADD', KEYS[3], pending_score(ARGV[4], seq), ARGV[1])
+  redis.call('ZADD', KEYS[2], pending_score(ARGV[4], seq), ARGV[1])
 end
 local fields = {'state', state, 'seq', seq, 'attempts', 0, 'failures', 0, 'ready_at_ms', ARGV[3]}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-event(KEYS[6], ARGV[6], 'kind', 'job.queued', 'job_id', ARGV[1], 'workspace', ARGV[5],
-  'state', state, 'at_ms', ARGV[2])
+event(KEYS[5], ARGV[6], 'kind', 'job.queued', 'job_id', ARGV[1], 'workspace', ARGV[5],
+  'at_ms', ARGV[2], 'ready_at_ms', ARGV[3])
 return state
 ";
 
-const DISPATCH: &str = r"
--- KEYS: pending, delayed, active, paused, running-by-profile, agents index, events
--- ARGV: key layout (3, see the prelude), now, lease_until, new agent ids (space separated: one
---       per attempt wanted), owner, total limit, maxlen, scan, promote batch, then
---       profile/limit pairs
--- Returns {next due time or '', then 11 fields per attempt created}.
-local now, owner = ARGV[4], ARGV[7]
-local out = {''}
-local function reply(job_id, agent)
-  local f = redis.call('HMGET', job_key(job_id), 'workspace', 'command_id', 'spec', 'timeout_ms',
-    'failures', 'backoff_base_ms', 'backoff_cap_ms', 'profile')
-  local attempt = redis.call('HGET', agent_key(agent), 'attempt')
-  for _, v in ipairs({job_id, agent, attempt, f[8], f[1], f[2], f[3], f[4], f[5], f[6], f[7]}) do
+const STEP: &str = r"
+-- KEYS: pending, delayed, active, paused, running-by-profile, events, done:completed,
+--       done:failed, done:cancelled, this owner's dispatch token
+-- ARGV: [1-2] key layout (see the prelude), [3] now, [4] lease_until, [5] owner,
+--       [6] total limit, [7] events maxlen, [8] scan, [9] promote batch,
+--       [10] '1' to promote due delayed jobs and report the next due time,
+--       [11] how many attempts to create, [12] this dispatch's token (the same on a retry),
+--       [13] profile limits 'name limit ...' ('' for none),
+--       [14] agent states that may become running, [15] job states that may become executing,
+--       [16-23] per outcome (completed, failed, killed, interrupted): the agent states that may
+--       enter its attempt state, the job states it may move on from,
+--       [24] number of records, then 12 fields per record:
+--       'run', job, agent, attempt, at, pid, process start time, then 5 unused;
+--       'end', job, agent, attempt, at, outcome, retry delay ms, error, exit code, signal,
+--       output tail, in-process start time ('' unless the attempt started and ended in
+--       process).
+-- Returns {next due time or '', record count, code and state per record, then per attempt
+-- created: job id, attempt number, failures so far, profile, workspace, launch record}.
+local now, owner, maxlen = ARGV[3], ARGV[5], ARGV[7]
+local PENDING, DELAYED, ACTIVE, RUNNING, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
+local DONE = {completed = KEYS[7], failed = KEYS[8], cancelled = KEYS[9]}
+local function set(s)
+  local t = {}
+  for x in string.gmatch(s, '%S+') do t[x] = true end
+  return t
+end
+local run_agent, run_job = set(ARGV[14]), set(ARGV[15])
+local ends = {}
+for i, o in ipairs({'completed', 'failed', 'killed', 'interrupted'}) do
+  ends[o] = {agent = set(ARGV[14 + 2 * i]), job = set(ARGV[15 + 2 * i])}
+end
+local limits, limited = {}, false
+do
+  local name
+  for x in string.gmatch(ARGV[13], '%S+') do
+    if name then limits[name] = tonumber(x); name = nil; limited = true else name = x end
+  end
+end
+local function ev(...)
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', maxlen, '*', ...)
+end
+-- Queue moves are collected and made once per call.
+local left_active, finished = {}, {completed = {}, failed = {}, cancelled = {}}
+
+-- The state of the job's current attempt, implied by the job's state while it is active.
+local IMPLIED = {assigned = 'spawning', executing = 'running'}
+
+-- A record that is not for the live attempt: a repeat of one that was applied (answered as
+-- applied), or stale (refused with the attempt's state).
+local function not_live(job, n, repeat_state, repeat_pid, answer)
+  local a = redis.call('HMGET', job, 'state', 'attempts', attempt_field(n, 'state'),
+    attempt_field(n, 'pid'))
+  local state = a[3]
+  if not state and tonumber(a[2]) == tonumber(n) then state = IMPLIED[a[1]] end
+  if not state then return -1, '' end
+  if state == repeat_state and (not repeat_pid or a[4] == repeat_pid) then return 1, answer end
+  return 0, state
+end
+
+local function running(id, agent, n, at, pid, pstart)
+  local job = job_key(id)
+  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace')
+  if tonumber(j[2]) ~= tonumber(n) or not run_agent[IMPLIED[j[1]] or ''] or not run_job[j[1]] then
+    return not_live(job, n, 'running', pid, 'spawning')
+  end
+  redis.call('HSET', job, 'state', 'executing', attempt_field(n, 'started_at_ms'), at,
+    attempt_field(n, 'pid'), pid, attempt_field(n, 'proc_start'), pstart)
+  ev('kind', 'agent.running', 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'at_ms', at)
+  return 1, IMPLIED[j[1]]
+end
+
+local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inproc)
+  local job = job_key(id)
+  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'error', 'counted',
+    'failures', 'max_retries')
+  local allowed = ends[outcome]
+  local agent_to = outcome
+  if outcome == 'interrupted' then agent_to = 'failed' end
+  local current = tonumber(j[2]) == tonumber(n)
+  local jstate = j[1]
+  local astate = IMPLIED[jstate or ''] or ''
+  -- An in-process attempt starts and ends in this one step.
+  local start_here = inproc ~= '' and current and run_agent[astate] and run_job[jstate]
+  if start_here then jstate, astate = 'executing', 'running' end
+  if not current or not allowed.agent[astate] or not allowed.job[jstate] then
+    return not_live(job, n, agent_to, nil, j[1] or '')
+  end
+  local f = {attempt_field(n, 'state'), agent_to, attempt_field(n, 'finished_at_ms'), at}
+  local function put(k, v) f[#f + 1] = k; f[#f + 1] = v end
+  local function put_some(k, v) if v ~= '' then put(k, v) end end
+  -- The job's error explains its current state: cleared when it completes.
+  if err ~= (j[4] or '') then put('error', err) end
+  put_some(attempt_field(n, 'error'), err)
+  put_some(attempt_field(n, 'output_tail'), tail)
+  put_some(attempt_field(n, 'exit_code'), code)
+  put_some(attempt_field(n, 'signal'), sig)
+  put_some(attempt_field(n, 'started_at_ms'), inproc)
+  left_active[#left_active + 1] = id
+  if j[5] == '1' then
+    redis.call('HINCRBY', RUNNING, redis.call('HGET', job, 'profile'), -1)
+    put('counted', 0)
+  end
+  local next, kind = 'pending', 'job.requeued'
+  if outcome == 'completed' then
+    next, kind = 'completed', 'job.completed'
+  elseif outcome == 'killed' then
+    next, kind = 'cancelled', 'job.cancelled'
+  elseif outcome == 'interrupted' then
+    local o = redis.call('HMGET', job, 'priority', 'seq')
+    redis.call('ZADD', PENDING, pending_score(o[1], o[2]), id)
+  else
+    local failures = tonumber(j[6]) + 1
+    put('failures', failures)
+    if failures <= tonumber(j[7]) then
+      next, kind = 'delayed', 'job.retry'
+      local ready = tonumber(at) + tonumber(delay)
+      redis.call('ZADD', DELAYED, ready, id)
+      put('ready_at_ms', ready)
+    else
+      next, kind = 'failed', 'job.failed'
+    end
+  end
+  if finished[next] then
+    local done = finished[next]
+    done[#done + 1] = at
+    done[#done + 1] = id
+    put('finished_at_ms', at)
+  end
+  put('state', next)
+  redis.call('HSET', job, unpack(f))
+  local e = {'kind', kind, 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'at_ms', at}
+  if err ~= '' then e[#e + 1] = 'error'; e[#e + 1] = err end
+  if start_here then e[#e + 1] = 'started_at_ms'; e[#e + 1] = inproc end
+  ev(unpack(e))
+  return 1, next
+end
+
+local count = tonumber(ARGV[24])
+local out = {'', count}
+for r = 0, count - 1 do
+  local b = 24 + r * 12
+  local code, state
+  if ARGV[b + 1] == 'run' then
+    code, state = running(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
+      ARGV[b + 7])
+  else
+    code, state = ended(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
+      ARGV[b + 7], ARGV[b + 8], ARGV[b + 9], ARGV[b + 10], ARGV[b + 11], ARGV[b + 12])
+  end
+  out[#out + 1] = code
+  out[#out + 1] = state
+end
+if #left_active > 0 then redis.call('ZREM', ACTIVE, unpack(left_active)) end
+for state, members in pairs(finished) do
+  if #members > 0 then redis.call('ZADD', DONE[state], unpack(members)) end
+end
+
+if ARGV[10] == '1' then
+  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
+  for _, id in ipairs(due) do
+    local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace')
+    redis.call('ZADD', PENDING, pending_score(f[1], f[2]), id)
+    redis.call('HSET', job_key(id), 'state', 'pending')
+    ev('kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'at_ms', now)
+  end
+  if #due > 0 then redis.call('ZREM', DELAYED, unpack(due)) end
+end
+
+-- What a new attempt needs: the launch record (what to run and how, encoded by Rust at
+-- enqueue and passed through untouched), the attempt count, failures so far, profile and
+-- workspace.
+local JOB_FIELDS = {'launch', 'attempts', 'failures', 'profile', 'workspace', 'dispatch_token'}
+local function reply(id, attempt, f)
+  for _, v in ipairs({id, attempt, f[3], f[4], f[5], f[1]}) do
     out[#out + 1] = v
   end
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[11]))
-for _, id in ipairs(due) do
-  local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace')
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZADD', KEYS[1], pending_score(f[1], f[2]), id)
-  redis.call('HSET', job_key(id), 'state', 'pending')
-  event(KEYS[7], ARGV[9], 'kind', 'job.status', 'job_id', id, 'workspace', f[3],
-    'state', 'pending', 'at_ms', now)
-end
-local limits, limited = {}, false
-for i = 12, #ARGV, 2 do
-  limits[ARGV[i]] = tonumber(ARGV[i + 1])
-  limited = true
-end
-local scan, total = tonumber(ARGV[10]), tonumber(ARGV[8])
-local paused = redis.call('EXISTS', KEYS[4]) == 1
--- The first pending job (in order, among the first `scan`) whose profile is under its limit.
-local function pick()
-  if not limited then
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-    if first then return first, nil end
+local wanted, token = tonumber(ARGV[11]), ARGV[12]
+if wanted > 0 and redis.call('SET', KEYS[10], token, 'GET', 'PX', 86400000) == token then
+  -- A repeat (a retried call whose first try ran): the attempts it created, as they are.
+  for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
+    local f = redis.call('HMGET', job_key(id), unpack(JOB_FIELDS))
+    if f[6] == token then reply(id, f[2], f) end
+  end
+elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
+  local room = math.min(wanted, tonumber(ARGV[6]) - redis.call('ZCARD', ACTIVE))
+  local chosen = {}
+  if room > 0 and not limited then
+    local popped = redis.call('ZPOPMIN', PENDING, room)
+    for i = 1, #popped, 2 do chosen[#chosen + 1] = popped[i] end
+  end
+  -- With profile limits: the first pending job (in order, among the first `scan`) whose
+  -- profile is under its limit, one slot at a time.
+  local scan = tonumber(ARGV[8])
+  local function pick()
+    local offset = 0
+    while offset < scan do
+      local page = redis.call('ZRANGE', PENDING, offset, offset + 7)
+      if #page == 0 then return nil end
+      for _, id in ipairs(page) do
+        local p = redis.call('HGET', job_key(id), 'profile')
+        local limit = limits[p]
+        if not limit or (tonumber(redis.call('HGET', RUNNING, p)) or 0) < limit then
+          redis.call('ZREM', PENDING, id)
+          return id
+        end
+      end
+      offset = offset + 8
+    end
     return nil
   end
-  local offset = 0
-  while offset < scan do
-    local ids = redis.call('ZRANGE', KEYS[1], offset, offset + 7)
-    if #ids == 0 then return nil end
-    for _, id in ipairs(ids) do
-      local p = redis.call('HGET', job_key(id), 'profile')
-      local limit = limits[p]
-      if not limit or (tonumber(redis.call('HGET', KEYS[5], p)) or 0) < limit then
-        return id, p
-      end
+  local leases = {}
+  for i = 1, math.max(room, 0) do
+    local id = chosen[i]
+    if limited then id = pick() end
+    if not id then break end
+    local job = job_key(id)
+    local f = redis.call('HMGET', job, 'launch', 'attempts', 'failures', 'profile', 'workspace')
+    local n = tonumber(f[2]) + 1
+    local agent = id .. '.' .. n
+    leases[#leases + 1] = ARGV[4]
+    leases[#leases + 1] = id
+    local jf = {'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token', token,
+      attempt_field(n, 'created_at_ms'), now}
+    if limits[f[4]] then
+      redis.call('HINCRBY', RUNNING, f[4], 1)
+      jf[#jf + 1] = 'counted'; jf[#jf + 1] = 1
     end
-    offset = offset + 8
+    redis.call('HSET', job, unpack(jf))
+    ev('kind', 'job.started', 'job_id', id, 'workspace', f[5], 'agent_id', agent, 'at_ms', now)
+    reply(id, n, f)
   end
-  return nil
+  if #leases > 0 then redis.call('ZADD', ACTIVE, unpack(leases)) end
 end
-for agent_id in string.gmatch(ARGV[6], '%S+') do
-  -- A repeat (a retried call whose first try ran) returns the attempt it created.
-  local earlier = redis.call('HGET', agent_key(agent_id), 'job_id')
-  if earlier then
-    reply(earlier, agent_id)
-  else
-    if paused or redis.call('ZCARD', KEYS[3]) >= total then break end
-    local chosen, profile = pick()
-    if not chosen then break end
-    local job = job_key(chosen)
-    -- Everything the attempt and the reply need, in one read.
-    local f = redis.call('HMGET', job, 'workspace', 'command_id', 'spec', 'timeout_ms',
-      'failures', 'backoff_base_ms', 'backoff_cap_ms', 'profile')
-    profile = profile or f[8]
-    redis.call('ZREM', KEYS[1], chosen)
-    redis.call('ZADD', KEYS[3], ARGV[5], chosen)
-    redis.call('HINCRBY', KEYS[5], profile, 1)
-    local attempt = redis.call('HINCRBY', job, 'attempts', 1)
-    redis.call('HSET', job, 'state', 'assigned', 'current_agent', agent_id, 'owner', owner)
-    redis.call('HSET', agent_key(agent_id), 'agent_id', agent_id, 'job_id', chosen,
-      'attempt', attempt, 'profile', profile, 'workspace', f[1], 'command_id', f[2],
-      'state', 'spawning', 'created_at_ms', now, 'owner', owner)
-    redis.call('RPUSH', attempts_key(chosen), agent_id)
-    redis.call('ZADD', KEYS[6], now, agent_id)
-    event(KEYS[7], ARGV[9], 'kind', 'job.started', 'job_id', chosen, 'workspace', f[1],
-      'agent_id', agent_id, 'attempt', attempt, 'state', 'assigned', 'at_ms', now)
-    event(KEYS[7], ARGV[9], 'kind', 'agent.lifecycle', 'job_id', chosen, 'agent_id', agent_id,
-      'workspace', f[1], 'from', '', 'to', 'spawning', 'at_ms', now)
-    for _, v in ipairs({chosen, agent_id, attempt, profile, f[1], f[2], f[3], f[4], f[5], f[6],
-        f[7]}) do
-      out[#out + 1] = v
-    end
-  end
+if ARGV[10] == '1' then
+  local next_due = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+  if next_due[2] then out[1] = next_due[2] end
 end
-local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-if next_due[2] then out[1] = next_due[2] end
 return out
-";
-
-const ATTEMPT_RUNNING: &str = r"
--- KEYS: job, agent, events
--- ARGV: job id, agent id, now, pid, process start time, maxlen,
---       agent states that may become running, job states that may become executing
-local current = redis.call('HGET', KEYS[2], 'state')
--- A repeat (a retried call whose first try ran) finds its own pid recorded.
-if current == 'running' and redis.call('HGET', KEYS[2], 'pid') == ARGV[4] then
-  return {1, 'spawning'}
-end
-if not is_in(current, ARGV[7]) then return {0, current or ''} end
-local j = redis.call('HMGET', KEYS[1], 'state', 'current_agent', 'workspace')
-if not is_in(j[1], ARGV[8]) or j[2] ~= ARGV[2] then return {0, 'job ' .. (j[1] or 'missing')} end
-redis.call('HSET', KEYS[2], 'state', 'running', 'started_at_ms', ARGV[3], 'pid', ARGV[4],
-  'proc_start', ARGV[5])
-redis.call('HSET', KEYS[1], 'state', 'executing')
-event(KEYS[3], ARGV[6], 'kind', 'agent.lifecycle', 'job_id', ARGV[1], 'agent_id', ARGV[2],
-  'workspace', j[3], 'from', 'spawning', 'to', 'running', 'at_ms', ARGV[3])
-event(KEYS[3], ARGV[6], 'kind', 'job.status', 'job_id', ARGV[1], 'workspace', j[3],
-  'state', 'executing', 'at_ms', ARGV[3])
-return {1, 'spawning'}
-";
-
-const ATTEMPT_END: &str = r"
--- KEYS: job, agent, active, pending, delayed, done:completed, done:failed, done:cancelled,
---       running-by-profile, events
--- ARGV: job id, agent id, now, outcome (completed|failed|killed|interrupted), retry delay ms,
---       error, exit code, signal, output tail, maxlen, agent states that may enter the
---       outcome's state, job states that hold an attempt, then for an attempt that starts and
---       ends in one step (an in-process agent): start time, agent states that may become
---       running, job states that may become executing ('' otherwise)
-local current = redis.call('HGET', KEYS[2], 'state')
-if ARGV[13] ~= '' and is_in(current, ARGV[14])
-    and is_in(redis.call('HGET', KEYS[1], 'state'), ARGV[15])
-    and redis.call('HGET', KEYS[1], 'current_agent') == ARGV[2] then
-  local ws = redis.call('HGET', KEYS[1], 'workspace')
-  redis.call('HSET', KEYS[2], 'state', 'running', 'started_at_ms', ARGV[13], 'pid', 0,
-    'proc_start', 0)
-  redis.call('HSET', KEYS[1], 'state', 'executing')
-  event(KEYS[10], ARGV[10], 'kind', 'agent.lifecycle', 'job_id', ARGV[1], 'agent_id', ARGV[2],
-    'workspace', ws, 'from', current, 'to', 'running', 'at_ms', ARGV[13])
-  event(KEYS[10], ARGV[10], 'kind', 'job.status', 'job_id', ARGV[1], 'workspace', ws,
-    'state', 'executing', 'at_ms', ARGV[13])
-  current = 'running'
-end
-if not is_in(current, ARGV[11]) then return {0, current or ''} end
-local outcome, now, id = ARGV[4], ARGV[3], ARGV[1]
-local agent_state = outcome
-if outcome == 'interrupted' then agent_state = 'failed' end
-local fields = {'state', agent_state, 'finished_at_ms', now, 'error', ARGV[6],
-  'output_tail', ARGV[9]}
-if ARGV[7] ~= '' then fields[#fields + 1] = 'exit_code'; fields[#fields + 1] = ARGV[7] end
-if ARGV[8] ~= '' then fields[#fields + 1] = 'signal'; fields[#fields + 1] = ARGV[8] end
-redis.call('HSET', KEYS[2], unpack(fields))
-local j = redis.call('HMGET', KEYS[1], 'state', 'current_agent', 'profile', 'workspace',
-  'max_retries', 'priority', 'seq')
-event(KEYS[10], ARGV[10], 'kind', 'agent.lifecycle', 'job_id', id, 'agent_id', ARGV[2],
-  'workspace', j[4] or '', 'from', current, 'to', agent_state, 'at_ms', now)
-if not is_in(j[1], ARGV[12]) or j[2] ~= ARGV[2] then
-  return {1, j[1] or ''}
-end
-redis.call('ZREM', KEYS[3], id)
-redis.call('HINCRBY', KEYS[9], j[3], -1)
-redis.call('HDEL', KEYS[1], 'owner')
-local next, kind = 'pending', 'job.status'
--- A job's error explains its current state: cleared when it completes.
-local job_fields = {'error', ARGV[6]}
-if outcome == 'completed' then
-  next, kind = 'completed', 'job.completed'
-  redis.call('ZADD', KEYS[6], now, id)
-elseif outcome == 'killed' then
-  next, kind = 'cancelled', 'job.cancelled'
-  redis.call('ZADD', KEYS[8], now, id)
-elseif outcome == 'interrupted' then
-  redis.call('ZADD', KEYS[4], pending_score(j[6], j[7]), id)
-else
-  local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-  if failures <= tonumber(j[5]) then
-    next, kind = 'delayed', 'job.retry'
-    local ready = tonumber(now) + tonumber(ARGV[5])
-    redis.call('ZADD', KEYS[5], ready, id)
-    job_fields[#job_fields + 1] = 'ready_at_ms'
-    job_fields[#job_fields + 1] = ready
-  else
-    next, kind = 'failed', 'job.failed'
-    redis.call('ZADD', KEYS[7], now, id)
-  end
-end
-job_fields[#job_fields + 1] = 'state'
-job_fields[#job_fields + 1] = next
-if next == 'completed' or next == 'failed' or next == 'cancelled' then
-  job_fields[#job_fields + 1] = 'finished_at_ms'
-  job_fields[#job_fields + 1] = now
-end
-redis.call('HSET', KEYS[1], unpack(job_fields))
-event(KEYS[10], ARGV[10], 'kind', kind, 'job_id', id, 'workspace', j[4], 'agent_id', ARGV[2],
-  'state', next, 'error', ARGV[6], 'at_ms', now)
-return {1, next}
 ";
 
 const REMOVE: &str = r"
 -- KEYS: job, pending, delayed, done:cancelled, events
 -- ARGV: job id, now, reason, maxlen
-local s = redis.call('HGET', KEYS[1], 'state')
+local j = redis.call('HMGET', KEYS[1], 'state', 'error', 'workspace')
+local s = j[1]
 if not s then return {-1, ''} end
 -- A repeat (a retried call whose first try ran) finds its own reason recorded.
-if s == 'cancelled' and redis.call('HGET', KEYS[1], 'error') == ARGV[3] then return {1, s} end
+if s == 'cancelled' and j[2] == ARGV[3] then return {1, s} end
 if s ~= 'pending' and s ~= 'delayed' then return {0, s} end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', ARGV[3], 'finished_at_ms', ARGV[2])
-event(KEYS[5], ARGV[4], 'kind', 'job.cancelled', 'job_id', ARGV[1],
-  'workspace', redis.call('HGET', KEYS[1], 'workspace'), 'state', 'cancelled',
+event(KEYS[5], ARGV[4], 'kind', 'job.cancelled', 'job_id', ARGV[1], 'workspace', j[3],
   'error', ARGV[3], 'at_ms', ARGV[2])
 return {1, s}
 ";
 
 const RENEW: &str = r"
 -- KEYS: active
--- ARGV: key layout (3, see the prelude), owner, lease_until, then job ids
+-- ARGV: key layout (2, see the prelude), owner, lease_until, then job ids
 local renewed = 0
-for i = 6, #ARGV do
-  if redis.call('HGET', job_key(ARGV[i]), 'owner') == ARGV[4] then
-    renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[5], ARGV[i])
+for i = 5, #ARGV do
+  if redis.call('HGET', job_key(ARGV[i]), 'owner') == ARGV[3] then
+    renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[4], ARGV[i])
   end
 end
 return renewed
 ";
 
 const TRIM: &str = r"
--- KEYS: done:completed, done:failed, done:cancelled, jobs index, agents index
--- ARGV: key layout (3, see the prelude), cutoff_ms, max per state, batch
+-- KEYS: done:completed, done:failed, done:cancelled
+-- ARGV: key layout (2, see the prelude), cutoff_ms, max per state, batch
 local removed = 0
-local batch = tonumber(ARGV[6])
+local batch = tonumber(ARGV[5])
 for k = 1, 3 do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[4], 'LIMIT', 0, batch)
-  local excess = redis.call('ZCARD', KEYS[k]) - #ids - tonumber(ARGV[5])
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[3], 'LIMIT', 0, batch)
+  local excess = redis.call('ZCARD', KEYS[k]) - #ids - tonumber(ARGV[4])
   if excess > 0 then
     local oldest = redis.call('ZRANGE', KEYS[k], #ids, #ids + math.min(excess, batch) - 1)
     for _, id in ipairs(oldest) do ids[#ids + 1] = id end
   end
   for _, id in ipairs(ids) do
-    for _, agent in ipairs(redis.call('LRANGE', attempts_key(id), 0, -1)) do
-      redis.call('DEL', agent_key(agent))
-      redis.call('ZREM', KEYS[5], agent)
-    end
-    redis.call('DEL', job_key(id), attempts_key(id))
-    redis.call('ZREM', KEYS[4], id)
-    redis.call('ZREM', KEYS[k], id)
+    redis.call('DEL', job_key(id))
     removed = removed + 1
   end
+  if #ids > 0 then redis.call('ZREM', KEYS[k], unpack(ids)) end
 end
 return removed
 ";
@@ -343,6 +398,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// In the order STEP takes their state tables.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Completed,
+        Outcome::Failed,
+        Outcome::Killed,
+        Outcome::Interrupted,
+    ];
+
     /// The job states from which this outcome may move a job on: those the job table allows
     /// into the outcome's next state, among the states that hold an attempt.
     pub fn job_sources(self) -> Vec<JobState> {
@@ -394,6 +457,124 @@ pub struct AttemptEnd {
     pub started_in_process_at_ms: Option<i64>,
 }
 
+/// An attempt's progress, applied by STEP in the order given.
+#[derive(Debug, Clone)]
+pub enum AttemptRecord {
+    /// spawning → running for the attempt, assigned → executing for its job.
+    Running {
+        job: JobId,
+        agent: AgentId,
+        at_ms: i64,
+        pid: u32,
+        proc_start: u64,
+    },
+    /// The attempt ended; its job moves on (done, retry, or back to the queue).
+    Ended {
+        job: JobId,
+        agent: AgentId,
+        at_ms: i64,
+        end: AttemptEnd,
+    },
+}
+
+impl AttemptRecord {
+    pub fn agent(&self) -> &AgentId {
+        match self {
+            AttemptRecord::Running { agent, .. } | AttemptRecord::Ended { agent, .. } => agent,
+        }
+    }
+
+    pub fn job(&self) -> &JobId {
+        match self {
+            AttemptRecord::Running { job, .. } | AttemptRecord::Ended { job, .. } => job,
+        }
+    }
+
+    pub fn is_end(&self) -> bool {
+        matches!(self, AttemptRecord::Ended { .. })
+    }
+
+    /// STEP's [`RECORD_FIELDS`] arguments for this record.
+    fn args(&self) -> Result<[String; RECORD_FIELDS], String> {
+        let attempt = self
+            .agent()
+            .attempt()
+            .map(|(_, n)| n.to_string())
+            .ok_or_else(|| format!("{} is not an attempt's id", self.agent()))?;
+        Ok(match self {
+            AttemptRecord::Running {
+                job,
+                agent,
+                at_ms,
+                pid,
+                proc_start,
+            } => [
+                "run".into(),
+                job.to_string(),
+                agent.to_string(),
+                attempt,
+                at_ms.to_string(),
+                pid.to_string(),
+                proc_start.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+            AttemptRecord::Ended {
+                job,
+                agent,
+                at_ms,
+                end,
+            } => [
+                "end".into(),
+                job.to_string(),
+                agent.to_string(),
+                attempt,
+                at_ms.to_string(),
+                end.outcome.as_str().into(),
+                ms(end.retry_delay).to_string(),
+                end.error.clone(),
+                end.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                end.signal.map(|s| s.to_string()).unwrap_or_default(),
+                end.output_tail.clone(),
+                end.started_in_process_at_ms
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            ],
+        })
+    }
+}
+
+/// What STEP needs to create new attempts.
+#[derive(Debug, Clone)]
+pub struct DispatchRequest<'a> {
+    /// How many attempts to create at most.
+    pub count: usize,
+    /// Unique per dispatch. A retry of a call that failed passes the same token and gets what
+    /// the first try created, if it ran.
+    pub token: &'a str,
+    pub lease: Duration,
+    /// The owner recorded on the new attempts' leases.
+    pub owner: &'a str,
+    /// The spoke-wide limit on active jobs.
+    pub total_limit: usize,
+    pub profile_limits: &'a [(ProfileName, usize)],
+    /// Promote due delayed jobs first and report when the next one is due.
+    pub promote: bool,
+}
+
+/// What one STEP call did.
+#[derive(Debug)]
+pub struct Stepped {
+    /// One result per record, in order.
+    pub records: Vec<Guarded>,
+    pub dispatched: Vec<Dispatched>,
+    /// When the earliest delayed job becomes due (unix ms), if promotion was asked for.
+    pub next_due: Option<i64>,
+}
+
 /// The result of a script that guards a transition.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Guarded {
@@ -401,6 +582,7 @@ pub enum Guarded {
     Applied(String),
     /// Refused because of the current state, which it carries.
     Refused(String),
+    /// No such attempt (or job).
     Missing,
 }
 
@@ -436,9 +618,7 @@ pub struct ExpiredLease {
 #[derive(Clone)]
 pub(super) struct QueueScripts {
     enqueue: Script,
-    dispatch: Script,
-    running: Script,
-    end: Script,
+    step: Script,
     remove: Script,
     renew: Script,
     trim: Script,
@@ -449,9 +629,7 @@ impl QueueScripts {
         let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         QueueScripts {
             enqueue: s(ENQUEUE),
-            dispatch: s(DISPATCH),
-            running: s(ATTEMPT_RUNNING),
-            end: s(ATTEMPT_END),
+            step: s(STEP),
             remove: s(REMOVE),
             renew: s(RENEW),
             trim: s(TRIM),
@@ -467,36 +645,94 @@ fn done_keys(keys: &Keys) -> [String; 3] {
     ]
 }
 
-/// One attempt from a dispatch reply: job, agent, attempt, profile, workspace, command, spec,
-/// timeout, failures, backoff base, backoff cap.
-fn parse_dispatched(f: &[String]) -> Result<Dispatched, String> {
-    let num = |v: &str, what: &str| -> Result<u64, String> {
-        v.parse::<u64>()
-            .map_err(|_| format!("{what} is not a number"))
+/// STEP's reply: the next due time, the record count, a code and state per record, then
+/// [`DISPATCHED_FIELDS`] per attempt created.
+fn parse_step(reply: &[String], records: usize) -> Result<Stepped, String> {
+    let (due, rest) = reply.split_first().ok_or("empty step reply")?;
+    let next_due = if due.is_empty() {
+        None
+    } else {
+        Some(
+            due.parse::<f64>()
+                .map_err(|_| "next due time is not a number")? as i64,
+        )
     };
-    let id = |e: mosaic_shared::ids::IdError| e.to_string();
-    let timeout = num(&f[7], "timeout_ms")?;
-    Ok(Dispatched {
-        job_id: f[0].parse().map_err(id)?,
-        agent_id: f[1].parse().map_err(id)?,
-        attempt: num(&f[2], "attempts")? as u32,
-        profile: f[3].parse().map_err(id)?,
-        workspace: f[4].parse().map_err(id)?,
-        command_id: f[5].parse().map_err(id)?,
-        spec: f[6].clone(),
-        attempt_timeout: (timeout > 0).then(|| Duration::from_millis(timeout)),
-        failures: num(&f[8], "failures")? as u32,
-        backoff_base: Duration::from_millis(num(&f[9], "backoff_base_ms")?),
-        backoff_cap: Duration::from_millis(num(&f[10], "backoff_cap_ms")?),
+    let (count, rest) = rest
+        .split_first()
+        .ok_or("step reply without a record count")?;
+    if count.parse::<usize>().ok() != Some(records) || rest.len() < 2 * records {
+        return Err("step reply has the wrong number of record results".into());
+    }
+    let (results, created) = rest.split_at(2 * records);
+    let records = results
+        .chunks(2)
+        .map(|r| {
+            let code = r[0]
+                .parse::<i64>()
+                .map_err(|_| "record result code is not a number")?;
+            Ok(guarded(code, r[1].clone()))
+        })
+        .collect::<Result<_, String>>()?;
+    if created.len() % DISPATCHED_FIELDS != 0 {
+        return Err("step reply's attempts have the wrong shape".into());
+    }
+    let dispatched = created
+        .chunks(DISPATCHED_FIELDS)
+        .map(parse_dispatched)
+        .collect::<Result<_, _>>()?;
+    Ok(Stepped {
+        records,
+        dispatched,
+        next_due,
     })
 }
 
-/// The key layout that scripts choosing jobs inside Valkey need, as their first three
+/// What an attempt needs from its job that only Rust reads: stored at enqueue in the job's
+/// `launch` field and handed back by dispatch untouched.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Launch {
+    pub(super) command_id: CommandId,
+    spec: String,
+    timeout_ms: u64,
+    backoff_base_ms: u64,
+    backoff_cap_ms: u64,
+}
+
+impl Launch {
+    pub(super) fn parse(v: &str) -> Result<Self, String> {
+        serde_json::from_str(v).map_err(|e| format!("launch record is unreadable: {e}"))
+    }
+}
+
+/// One attempt from a dispatch reply: job, attempt, failures, profile, workspace, launch.
+fn parse_dispatched(f: &[String]) -> Result<Dispatched, String> {
+    let num = |v: &str, what: &str| -> Result<u32, String> {
+        v.parse::<u32>()
+            .map_err(|_| format!("{what} is not a number"))
+    };
+    let id = |e: mosaic_shared::ids::IdError| e.to_string();
+    let job_id: JobId = f[0].parse().map_err(id)?;
+    let attempt = num(&f[1], "attempts")?;
+    let launch = Launch::parse(&f[5])?;
+    Ok(Dispatched {
+        agent_id: AgentId::of_attempt(&job_id, attempt),
+        job_id,
+        attempt,
+        failures: num(&f[2], "failures")?,
+        profile: f[3].parse().map_err(id)?,
+        workspace: f[4].parse().map_err(id)?,
+        command_id: launch.command_id,
+        spec: launch.spec,
+        attempt_timeout: (launch.timeout_ms > 0).then(|| Duration::from_millis(launch.timeout_ms)),
+        backoff_base: Duration::from_millis(launch.backoff_base_ms),
+        backoff_cap: Duration::from_millis(launch.backoff_cap_ms),
+    })
+}
+
+/// The key layout that scripts choosing jobs inside Valkey need, as their first two
 /// arguments (see the prelude in `queue.lua`).
 fn layout(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
-    inv.arg(keys.job_prefix())
-        .arg(super::keys::ATTEMPTS)
-        .arg(keys.agent_prefix());
+    inv.arg(keys.job_prefix()).arg(super::keys::ATTEMPT_FIELD);
 }
 
 /// A state list as the scripts take it: names separated by spaces.
@@ -520,7 +756,6 @@ impl Store {
         let ready_at = o.not_before_ms.unwrap_or(now_ms).max(now_ms);
         let mut inv = self.queue.enqueue.prepare_invoke();
         inv.key(self.keys.job(job.job_id.as_str()))
-            .key(self.keys.jobs())
             .key(self.keys.pending())
             .key(self.keys.delayed())
             .key(self.keys.seq())
@@ -531,19 +766,22 @@ impl Store {
             .arg(o.priority)
             .arg(job.workspace.as_str())
             .arg(EVENTS_MAXLEN);
-        let timeout = o.attempt_timeout.map_or(0, ms);
+        let launch = Launch {
+            command_id: job.command_id.clone(),
+            spec: job.spec.clone(),
+            timeout_ms: o.attempt_timeout.map_or(0, ms),
+            backoff_base_ms: ms(o.backoff_base),
+            backoff_cap_ms: ms(o.backoff_cap),
+        };
+        let launch = serde_json::to_string(&launch).expect("a launch record always encodes");
         for (f, v) in [
             ("job_id", job.job_id.to_string()),
             ("workspace", job.workspace.to_string()),
             ("profile", job.profile.to_string()),
-            ("command_id", job.command_id.to_string()),
-            ("spec", job.spec.clone()),
             ("priority", o.priority.to_string()),
             ("max_retries", o.max_retries.to_string()),
-            ("backoff_base_ms", ms(o.backoff_base).to_string()),
-            ("backoff_cap_ms", ms(o.backoff_cap).to_string()),
-            ("timeout_ms", timeout.to_string()),
             ("created_at_ms", job.created_at_ms.to_string()),
+            ("launch", launch),
         ] {
             inv.arg(f).arg(v);
         }
@@ -551,66 +789,103 @@ impl Store {
         self.parse_job_state(job.job_id.as_str(), &state)
     }
 
-    /// Promotes due delayed jobs, then, unless paused or full, takes the first pending job whose
-    /// profile has a free slot and creates its next attempt (in `spawning`), once per id in
-    /// `agent_ids`, in one call. Also returns when the earliest delayed job becomes due (unix
-    /// ms), if any.
-    pub async fn dispatch_many(
+    /// Applies `records` in order, then, if `dispatch` is given, promotes due delayed jobs
+    /// (when asked) and, unless paused or full, creates attempts (in `spawning`) for the first
+    /// pending jobs whose profiles have a free slot, one per id in `agent_ids`. One call.
+    pub async fn step(
         &self,
         now_ms: i64,
-        lease: Duration,
-        agent_ids: &[AgentId],
-        owner: &str,
-        total_limit: usize,
-        profile_limits: &[(ProfileName, usize)],
-    ) -> Result<(Vec<Dispatched>, Option<i64>), StoreError> {
+        records: &[AttemptRecord],
+        dispatch: Option<&DispatchRequest<'_>>,
+    ) -> Result<Stepped, StoreError> {
         let mut con = self.con.clone();
-        let mut inv = self.queue.dispatch.prepare_invoke();
+        let mut inv = self.queue.step.prepare_invoke();
+        let [done_completed, done_failed, done_cancelled] = done_keys(&self.keys);
+        let owner = dispatch.map_or("", |d| d.owner);
         inv.key(self.keys.pending())
             .key(self.keys.delayed())
             .key(self.keys.active())
             .key(self.keys.paused())
             .key(self.keys.running_by_profile())
-            .key(self.keys.agents())
-            .key(self.keys.events());
+            .key(self.keys.events())
+            .key(done_completed)
+            .key(done_failed)
+            .key(done_cancelled)
+            .key(self.keys.dispatch_token(owner));
         layout(&mut inv, &self.keys);
-        let ids: Vec<&str> = agent_ids.iter().map(AgentId::as_str).collect();
+        let (lease_until, total, promote, count, token, limits) = match dispatch {
+            Some(d) => (
+                now_ms.saturating_add(i64::try_from(ms(d.lease)).unwrap_or(i64::MAX)),
+                d.total_limit,
+                d.promote,
+                d.count,
+                d.token,
+                d.profile_limits
+                    .iter()
+                    .map(|(p, l)| format!("{p} {l}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            None => (0, 0, false, 0, "", String::new()),
+        };
         inv.arg(now_ms)
-            .arg(now_ms + ms(lease) as i64)
-            .arg(ids.join(" "))
+            .arg(lease_until)
             .arg(owner)
-            .arg(total_limit)
+            .arg(total)
             .arg(EVENTS_MAXLEN)
             .arg(DISPATCH_SCAN)
-            .arg(PROMOTE_BATCH);
-        for (profile, limit) in profile_limits {
-            inv.arg(profile.as_str()).arg(*limit);
+            .arg(PROMOTE_BATCH)
+            .arg(if promote { "1" } else { "0" })
+            .arg(count)
+            .arg(token)
+            .arg(limits)
+            .arg(names(AgentState::Running.may_enter_from()))
+            .arg(names(JobState::Executing.may_enter_from()));
+        for outcome in Outcome::ALL {
+            inv.arg(names(outcome.attempt_state().may_enter_from()))
+                .arg(names(&outcome.job_sources()));
+        }
+        inv.arg(records.len());
+        for r in records {
+            let args = r.args().map_err(|reason| StoreError::Corrupt {
+                key: self.keys.job(r.job().as_str()),
+                reason,
+            })?;
+            for a in args {
+                inv.arg(a);
+            }
         }
         let reply: Vec<String> = inv.invoke_async(&mut con).await?;
-        let corrupt = |reason: String| StoreError::Corrupt {
+        parse_step(&reply, records.len()).map_err(|reason| StoreError::Corrupt {
             key: self.keys.pending(),
             reason,
+        })
+    }
+
+    /// Creates up to `count` attempts (see [`Store::step`]), after promoting due delayed jobs.
+    /// Also returns when the earliest delayed job becomes due, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dispatch_many(
+        &self,
+        now_ms: i64,
+        lease: Duration,
+        count: usize,
+        token: &str,
+        owner: &str,
+        total_limit: usize,
+        profile_limits: &[(ProfileName, usize)],
+    ) -> Result<(Vec<Dispatched>, Option<i64>), StoreError> {
+        let d = DispatchRequest {
+            count,
+            token,
+            lease,
+            owner,
+            total_limit,
+            profile_limits,
+            promote: true,
         };
-        let (due, rest) = reply
-            .split_first()
-            .ok_or_else(|| corrupt("empty dispatch reply".into()))?;
-        let next_due = if due.is_empty() {
-            None
-        } else {
-            Some(
-                due.parse::<f64>()
-                    .map_err(|_| corrupt("next due time is not a number".into()))?
-                    as i64,
-            )
-        };
-        if rest.len() % 11 != 0 {
-            return Err(corrupt("dispatch reply has the wrong shape".into()));
-        }
-        let started = rest
-            .chunks(11)
-            .map(|f| parse_dispatched(f).map_err(corrupt))
-            .collect::<Result<_, _>>()?;
-        Ok((started, next_due))
+        let out = self.step(now_ms, &[], Some(&d)).await?;
+        Ok((out.dispatched, out.next_due))
     }
 
     /// spawning → running for the attempt, assigned → executing for its job.
@@ -622,24 +897,14 @@ impl Store {
         pid: u32,
         proc_start: u64,
     ) -> Result<Guarded, StoreError> {
-        let mut con = self.con.clone();
-        let (code, state): (i64, String) = self
-            .queue
-            .running
-            .key(self.keys.job(job.as_str()))
-            .key(self.keys.agent(agent))
-            .key(self.keys.events())
-            .arg(job.as_str())
-            .arg(agent.as_str())
-            .arg(now_ms)
-            .arg(pid)
-            .arg(proc_start)
-            .arg(EVENTS_MAXLEN)
-            .arg(names(AgentState::Running.may_enter_from()))
-            .arg(names(JobState::Executing.may_enter_from()))
-            .invoke_async(&mut con)
-            .await?;
-        Ok(guarded(code, state))
+        let record = AttemptRecord::Running {
+            job: job.clone(),
+            agent: agent.clone(),
+            at_ms: now_ms,
+            pid,
+            proc_start,
+        };
+        self.one_record(now_ms, record).await
     }
 
     /// Ends an attempt and moves its job on: completed, cancelled, back to pending, into a
@@ -651,43 +916,21 @@ impl Store {
         now_ms: i64,
         end: &AttemptEnd,
     ) -> Result<Guarded, StoreError> {
-        let mut con = self.con.clone();
-        let [done_completed, done_failed, done_cancelled] = done_keys(&self.keys);
-        let (code, state): (i64, String) = self
-            .queue
-            .end
-            .key(self.keys.job(job.as_str()))
-            .key(self.keys.agent(agent))
-            .key(self.keys.active())
-            .key(self.keys.pending())
-            .key(self.keys.delayed())
-            .key(done_completed)
-            .key(done_failed)
-            .key(done_cancelled)
-            .key(self.keys.running_by_profile())
-            .key(self.keys.events())
-            .arg(job.as_str())
-            .arg(agent.as_str())
-            .arg(now_ms)
-            .arg(end.outcome.as_str())
-            .arg(ms(end.retry_delay))
-            .arg(&end.error)
-            .arg(end.exit_code.map(|c| c.to_string()).unwrap_or_default())
-            .arg(end.signal.map(|s| s.to_string()).unwrap_or_default())
-            .arg(&end.output_tail)
-            .arg(EVENTS_MAXLEN)
-            .arg(names(end.outcome.attempt_state().may_enter_from()))
-            .arg(names(&end.outcome.job_sources()))
-            .arg(
-                end.started_in_process_at_ms
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(names(AgentState::Running.may_enter_from()))
-            .arg(names(JobState::Executing.may_enter_from()))
-            .invoke_async(&mut con)
-            .await?;
-        Ok(guarded(code, state))
+        let record = AttemptRecord::Ended {
+            job: job.clone(),
+            agent: agent.clone(),
+            at_ms: now_ms,
+            end: end.clone(),
+        };
+        self.one_record(now_ms, record).await
+    }
+
+    async fn one_record(&self, now_ms: i64, record: AttemptRecord) -> Result<Guarded, StoreError> {
+        let mut out = self.step(now_ms, &[record], None).await?;
+        out.records.pop().ok_or_else(|| StoreError::Corrupt {
+            key: self.keys.pending(),
+            reason: "step reply without the record's result".into(),
+        })
     }
 
     /// Cancels a job that is still waiting (pending or delayed); refuses one that runs.
@@ -787,9 +1030,9 @@ impl Store {
             .await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let (agent, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            let (attempts, owner): (Option<u32>, Option<String>) = redis::cmd("HMGET")
                 .arg(self.keys.job(&id))
-                .arg("current_agent")
+                .arg("attempts")
                 .arg("owner")
                 .query_async(&mut con)
                 .await?;
@@ -797,9 +1040,12 @@ impl Store {
                 key: self.keys.job(&id),
                 reason: e.to_string(),
             };
+            let job_id: JobId = id.parse().map_err(corrupt)?;
             out.push(ExpiredLease {
-                agent_id: agent.map(|a| a.parse()).transpose().map_err(corrupt)?,
-                job_id: id.parse().map_err(corrupt)?,
+                agent_id: attempts
+                    .filter(|n| *n > 0)
+                    .map(|n| AgentId::of_attempt(&job_id, n)),
+                job_id,
                 owner: owner.unwrap_or_default(),
             });
         }
@@ -817,11 +1063,7 @@ impl Store {
         let mut con = self.con.clone();
         let [c, f, x] = done_keys(&self.keys);
         let mut inv = self.queue.trim.prepare_invoke();
-        inv.key(c)
-            .key(f)
-            .key(x)
-            .key(self.keys.jobs())
-            .key(self.keys.agents());
+        inv.key(c).key(f).key(x);
         layout(&mut inv, &self.keys);
         inv.arg(now_ms.saturating_sub(i64::try_from(ms(max_age)).unwrap_or(i64::MAX)))
             .arg(max_per_state)
@@ -833,15 +1075,11 @@ impl Store {
     pub async fn job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let mut con = self.con.clone();
         let key = self.keys.job(id.as_str());
-        let (h, attempts): (HashMap<String, String>, Vec<String>) = redis::pipe()
-            .hgetall(&key)
-            .lrange(self.keys.job_attempts(id.as_str()), 0, -1)
-            .query_async(&mut con)
-            .await?;
+        let h: HashMap<String, String> = con.hgetall(&key).await?;
         if h.is_empty() {
             return Ok(None);
         }
-        JobRecord::from_hash(&key, h, attempts).map(Some)
+        JobRecord::from_hash(&key, h).map(Some)
     }
 
     fn parse_job_state(&self, id: &str, s: &str) -> Result<JobState, StoreError> {
@@ -877,11 +1115,7 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    fn from_hash(
-        key: &str,
-        mut h: HashMap<String, String>,
-        attempts: Vec<String>,
-    ) -> Result<Self, StoreError> {
+    fn from_hash(key: &str, mut h: HashMap<String, String>) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             key: key.to_owned(),
             reason,
@@ -895,7 +1129,7 @@ impl JobRecord {
         let job_id = text(take("job_id"))?;
         let workspace = take("workspace")?;
         let profile = take("profile")?;
-        let command_id = take("command_id")?;
+
         let state = take("state")?;
         let priority = take("priority")?;
         let attempts_n = take("attempts")?;
@@ -903,33 +1137,32 @@ impl JobRecord {
         let max_retries = take("max_retries")?;
         let created = take("created_at_ms")?;
         let ready = take("ready_at_ms")?;
-        let spec = take("spec")?;
-        let base = take("backoff_base_ms")?;
-        let cap = take("backoff_cap_ms")?;
+        let launch = Launch::parse(&take("launch")?).map_err(corrupt)?;
         let finished = h.remove("finished_at_ms");
         let error = h.remove("error").unwrap_or_default();
         let idc = |e: mosaic_shared::ids::IdError| corrupt(e.to_string());
+        let job_id: JobId = job_id.parse().map_err(idc)?;
+        let attempts = num(attempts_n, "attempts")? as u32;
         Ok(JobRecord {
-            job_id: job_id.parse().map_err(idc)?,
             workspace: workspace.parse().map_err(idc)?,
             profile: profile.parse().map_err(idc)?,
-            command_id: command_id.parse().map_err(idc)?,
+            command_id: launch.command_id,
             state: state.parse().map_err(corrupt)?,
             priority: num(priority, "priority")? as u8,
-            attempts: num(attempts_n, "attempts")? as u32,
+            attempts,
             failures: num(failures, "failures")? as u32,
             max_retries: num(max_retries, "max_retries")? as u32,
             created_at_ms: num(created, "created_at_ms")?,
             ready_at_ms: num(ready, "ready_at_ms")?,
             finished_at_ms: finished.map(|f| num(f, "finished_at_ms")).transpose()?,
             error,
-            spec,
-            backoff_base: Duration::from_millis(num(base, "backoff_base_ms")? as u64),
-            backoff_cap: Duration::from_millis(num(cap, "backoff_cap_ms")? as u64),
-            attempt_ids: attempts
-                .into_iter()
-                .map(|a| a.parse().map_err(idc))
-                .collect::<Result<_, _>>()?,
+            spec: launch.spec,
+            backoff_base: Duration::from_millis(launch.backoff_base_ms),
+            backoff_cap: Duration::from_millis(launch.backoff_cap_ms),
+            attempt_ids: (1..=attempts)
+                .map(|n| AgentId::of_attempt(&job_id, n))
+                .collect(),
+            job_id,
         })
     }
 }
@@ -983,21 +1216,28 @@ impl QueueCounts {
 }
 
 impl Store {
-    /// A job with all its attempts' records, oldest first.
+    /// A job with all its attempts' records, oldest first, from one read.
     pub async fn job_with_attempts(
         &self,
         id: &JobId,
     ) -> Result<Option<(JobRecord, Vec<super::AgentRecord>)>, StoreError> {
-        let Some(job) = self.job(id).await? else {
+        let mut con = self.con.clone();
+        let key = self.keys.job(id.as_str());
+        let h: HashMap<String, String> = con.hgetall(&key).await?;
+        if h.is_empty() {
             return Ok(None);
-        };
-        let mut attempts = Vec::with_capacity(job.attempt_ids.len());
-        for a in &job.attempt_ids {
-            if let Some(rec) = self.agent(a).await? {
+        }
+        let mut attempts = Vec::new();
+        for n in 1..=h
+            .get("attempts")
+            .and_then(|a| a.parse::<u32>().ok())
+            .unwrap_or(0)
+        {
+            if let Some(rec) = super::AgentRecord::from_job_hash(&key, &h, id, n)? {
                 attempts.push(rec);
             }
         }
-        Ok(Some((job, attempts)))
+        Ok(Some((JobRecord::from_hash(&key, h)?, attempts)))
     }
 
     /// Whether dispatch is paused.
