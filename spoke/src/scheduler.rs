@@ -21,21 +21,25 @@
 //! `failed` with reason `spoke_restarted` and the job retried per its policy. So a job never
 //! has two live processes. This module decides what runs when; `runner` runs it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mosaic_shared::ids::ProfileName;
+use mosaic_shared::ids::{AgentId, ProfileName};
 use mosaic_shared::time::unix_ms;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::SpokeConfig;
 use crate::job::backoff;
 use crate::profile::{self, JobSpec};
 use crate::runner::{PendingRecord, Supervisor, is_same_live_process, signal_group};
-use crate::store::{AttemptEnd, DispatchRequest, ExpiredLease, Guarded, Outcome, Store};
+use crate::store::{
+    AttemptEnd, DispatchRequest, ExpiredLease, Guarded, Outcome, Stepped, Store, StoreError,
+};
 
 /// Most attempts asked for in one call.
 const MAX_DISPATCH_BATCH: usize = 64;
@@ -43,6 +47,49 @@ const MAX_DISPATCH_BATCH: usize = 64;
 const MAX_RECORD_BATCH: usize = 256;
 /// Longest wait between retries of a failed call.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
+/// Calls in flight at once: one can carry new attempts while another writes records, so
+/// Valkey works on one while this process handles the other's reply.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// A call on its way to Valkey.
+struct Flight {
+    records: Vec<PendingRecord>,
+    /// The dispatch's token and count, if it creates attempts.
+    dispatch: Option<(String, usize)>,
+    /// Whether this call is the one allowed to dispatch or promote.
+    dispatching: bool,
+    promote: bool,
+}
+
+/// The scheduler loop's bookkeeping between calls.
+#[derive(Default)]
+struct Pipeline {
+    /// Records waiting to be sent, oldest first.
+    batch: Vec<PendingRecord>,
+    /// Attempts with a record in flight; their next records wait, so each lands in order.
+    busy_agents: HashSet<AgentId>,
+    /// Slots asked for by the dispatch in flight.
+    reserved: usize,
+    /// At most one call dispatches or promotes at a time, so its result about the queue
+    /// (runnable, next due) is never overtaken by an older one.
+    dispatch_in_flight: bool,
+    /// The dispatch (token, count) of a call that failed: asked for again, so that a call
+    /// which ran but whose reply was lost returns what it created.
+    asked: Option<(String, usize)>,
+    /// Whether the queue may hold a job that could start now.
+    runnable: bool,
+    /// When the earliest delayed job is due (unix ms), as last read.
+    next_due: Option<i64>,
+    /// Whether the delayed set may have changed since `next_due` was read (a delayed job
+    /// enqueued, an attempt failed into a retry backoff): the next dispatching call promotes
+    /// and re-reads it.
+    check_due: bool,
+    /// Whether the promotion in flight was for a due time that has passed.
+    promoted_due: bool,
+    failures: u32,
+    /// No call is sent before this, after a failure.
+    retry_at: Option<Instant>,
+}
 
 /// What the scheduler is doing; the spoke moves it forward on shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,14 +144,12 @@ impl Scheduler {
     pub async fn run(mut self, mut phase: watch::Receiver<Phase>) {
         let maintenance_every = self.config.queue.lease / 3;
         let mut next_maintenance = Instant::now();
-        let mut batch: Vec<PendingRecord> = Vec::new();
-        // The dispatch (token, count) of a call that failed: asked for again, so that a call
-        // which ran but whose reply was lost returns what it created.
-        let mut asked: Option<(String, usize)> = None;
-        // Whether the queue may hold a job that could start now.
-        let mut runnable = true;
-        let mut next_due: Option<i64> = None;
-        let mut failures = 0u32;
+        let mut st = Pipeline {
+            runnable: true,
+            check_due: true,
+            ..Pipeline::default()
+        };
+        let mut flights: JoinSet<(Flight, Result<Stepped, StoreError>)> = JoinSet::new();
         tracing::info!(owner = %self.owner, concurrency = self.config.queue.concurrency, "scheduler running");
         loop {
             let now_phase = *phase.borrow();
@@ -114,98 +159,194 @@ impl Scheduler {
             if Instant::now() >= next_maintenance {
                 self.maintain().await;
                 next_maintenance = Instant::now() + maintenance_every;
-                runnable = true;
+                st.runnable = true;
+                st.check_due = true;
             }
-            while batch.len() < MAX_RECORD_BATCH {
+            while st.batch.len() < MAX_RECORD_BATCH {
                 match self.records.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => st.batch.push(r),
                     Err(_) => break,
                 }
             }
-            let ending = batch.iter().filter(|r| r.record.is_end()).count();
-            let busy = self.supervisor.running_count().saturating_sub(ending);
+            let may_send =
+                flights.len() < MAX_IN_FLIGHT && st.retry_at.is_none_or(|t| Instant::now() >= t);
+            if may_send && let Some(flight) = self.next_flight(&mut st, now_phase == Phase::Run) {
+                let store = self.store.clone();
+                let (lease, owner, total, limits) = (
+                    self.config.queue.lease,
+                    self.owner.clone(),
+                    self.config.queue.concurrency,
+                    self.profile_limits.clone(),
+                );
+                flights.spawn(async move {
+                    let records: Vec<_> = flight.records.iter().map(|p| p.record.clone()).collect();
+                    let (token, count) = flight
+                        .dispatch
+                        .as_ref()
+                        .map_or(("", 0), |(t, c)| (t.as_str(), *c));
+                    let request = DispatchRequest {
+                        count,
+                        token,
+                        lease,
+                        owner: &owner,
+                        total_limit: total,
+                        profile_limits: &limits,
+                        promote: flight.promote,
+                    };
+                    let dispatch = flight.dispatching.then_some(&request);
+                    let out = store.step(unix_ms(), &records, dispatch).await;
+                    (flight, out)
+                });
+                continue;
+            }
+            let mut wait = next_maintenance.saturating_duration_since(Instant::now());
+            // A due time matters only to a call that may promote: with a dispatch in flight,
+            // its landing wakes the loop instead.
+            if now_phase == Phase::Run
+                && !st.dispatch_in_flight
+                && let Some(t) = st.next_due
+            {
+                wait = wait.min(Duration::from_millis((t - unix_ms()).max(0) as u64));
+            }
+            if let Some(t) = st.retry_at {
+                wait = wait.min(t.saturating_duration_since(Instant::now()));
+            }
+            tokio::select! {
+                Some(done) = flights.join_next(), if !flights.is_empty() => match done {
+                    Ok((flight, out)) => self.landed(&mut st, flight, out),
+                    Err(e) => tracing::error!(error = %e, "a queue write task failed"),
+                },
+                r = self.records.recv() => st.batch.extend(r),
+                () = self.wake.notified() => {
+                    st.runnable = true;
+                    st.check_due = true;
+                }
+                () = tokio::time::sleep(wait) => {}
+                _ = phase.changed() => {}
+            }
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    /// The next call to make, if there is anything to write or to start now: the records
+    /// whose attempts have no record in flight (so one attempt's records land in order), and,
+    /// unless a dispatch is already in flight, new attempts for free slots and promotion.
+    fn next_flight(&self, st: &mut Pipeline, running: bool) -> Option<Flight> {
+        let mut records = Vec::new();
+        let mut held = Vec::new();
+        for p in st.batch.drain(..) {
+            if st.busy_agents.contains(p.record.agent()) {
+                held.push(p);
+            } else {
+                st.busy_agents.insert(p.record.agent().clone());
+                records.push(p);
+            }
+        }
+        st.batch = held;
+        let ending = records.iter().filter(|r| r.record.is_end()).count();
+        if records.iter().any(|r| r.record.may_delay_job()) {
+            st.check_due = true;
+        }
+        let dispatching = running && !st.dispatch_in_flight;
+        let mut dispatch = None;
+        let mut promote = false;
+        if dispatching {
+            // Ends in this call land before its dispatch; ends in another call may land after
+            // it (Valkey would still count them active), so their slots are not counted free.
+            let occupied = (self.supervisor.running_count() + st.reserved).saturating_sub(ending);
             let free = self
                 .config
                 .queue
                 .concurrency
-                .saturating_sub(busy)
+                .saturating_sub(occupied)
                 .min(MAX_DISPATCH_BATCH);
-            let due = next_due.is_some_and(|t| t <= unix_ms());
-            let start = now_phase == Phase::Run && (runnable || due) && free > 0;
-            if batch.is_empty() && !start && !(due && now_phase == Phase::Run) {
-                let mut wait = next_maintenance.saturating_duration_since(Instant::now());
-                if let Some(t) = next_due {
-                    wait = wait.min(Duration::from_millis((t - unix_ms()).max(0) as u64));
-                }
-                tokio::select! {
-                    r = self.records.recv() => batch.extend(r),
-                    () = self.wake.notified() => runnable = true,
-                    () = tokio::time::sleep(wait) => {}
-                    _ = phase.changed() => {}
-                }
-                continue;
+            let due = st.next_due.is_some_and(|t| t <= unix_ms());
+            promote = due || st.check_due;
+            if (st.runnable || due) && free > 0 {
+                dispatch = Some(
+                    st.asked
+                        .take()
+                        .unwrap_or_else(|| (uuid::Uuid::now_v7().to_string(), free)),
+                );
             }
-            if start && asked.is_none() {
-                asked = Some((uuid::Uuid::now_v7().to_string(), free));
+            // A promotion makes delayed jobs runnable.
+            st.promoted_due |= due;
+        }
+        if records.is_empty() && dispatch.is_none() && !promote {
+            return None;
+        }
+        let dispatching = dispatching && (dispatch.is_some() || promote);
+        st.dispatch_in_flight |= dispatching;
+        st.reserved += dispatch.as_ref().map_or(0, |(_, c)| *c);
+        Some(Flight {
+            records,
+            dispatch,
+            dispatching,
+            promote,
+        })
+    }
+
+    /// Applies what a call did (or puts it back to be retried, if it failed).
+    fn landed(&self, st: &mut Pipeline, flight: Flight, out: Result<Stepped, StoreError>) {
+        let ending = flight.records.iter().filter(|r| r.record.is_end()).count();
+        st.reserved -= flight.dispatch.as_ref().map_or(0, |(_, c)| *c);
+        if flight.dispatching {
+            st.dispatch_in_flight = false;
+        }
+        for p in &flight.records {
+            st.busy_agents.remove(p.record.agent());
+        }
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                let wait = Duration::from_millis(100 << st.failures.min(5)).min(MAX_RETRY_WAIT);
+                tracing::warn!(error = %e, records = flight.records.len(), retry_in = ?wait, "cannot write to the queue; retrying");
+                st.retry_at = Some(Instant::now() + wait);
+                // Older than anything still waiting for the same attempts: they go first.
+                let mut records = flight.records;
+                records.append(&mut st.batch);
+                st.batch = records;
+                st.asked = flight.dispatch;
+                if flight.promote {
+                    st.check_due = true;
+                }
+                return;
             }
-            let records: Vec<_> = batch.iter().map(|p| p.record.clone()).collect();
-            let (token, count) = match (&asked, start) {
-                (Some((token, count)), true) => (token.as_str(), *count),
-                _ => ("", 0),
-            };
-            let request = DispatchRequest {
-                count,
-                token,
-                lease: self.config.queue.lease,
-                owner: &self.owner,
-                total_limit: self.config.queue.concurrency,
-                profile_limits: &self.profile_limits,
-                promote: now_phase == Phase::Run,
-            };
-            let dispatch = (now_phase == Phase::Run).then_some(&request);
-            match self.store.step(unix_ms(), &records, dispatch).await {
-                Ok(out) => {
-                    failures = 0;
-                    for (pending, result) in batch.drain(..).zip(out.records) {
-                        if pending.record.is_end() {
-                            self.supervisor.release(pending.record.agent());
-                        }
-                        let _ = pending.reply.send(result);
-                    }
-                    if dispatch.is_some() {
-                        next_due = out.next_due;
-                    }
-                    if start {
-                        // Fewer than asked: nothing more can start until something changes.
-                        runnable = out.dispatched.len() == count;
-                        asked = None;
-                    } else if due {
-                        runnable = true;
-                    }
-                    for d in out.dispatched {
-                        // Planned again now: the profile may have changed since the job was
-                        // queued.
-                        let plan = serde_json::from_str::<JobSpec>(&d.spec)
-                            .map_err(|e| format!("stored job spec is unreadable: {e}"))
-                            .and_then(|spec| {
-                                profile::plan(&self.config.profiles, &d.profile, &spec)
-                                    .map_err(|e| e.to_string())
-                            });
-                        self.supervisor.launch(d, plan);
-                    }
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let wait = Duration::from_millis(100 << failures.min(5)).min(MAX_RETRY_WAIT);
-                    tracing::warn!(error = %e, records = batch.len(), retry_in = ?wait, "cannot write to the queue; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        _ = phase.changed() => {}
-                    }
-                }
+        };
+        st.failures = 0;
+        st.retry_at = None;
+        for (pending, result) in flight.records.into_iter().zip(out.records) {
+            if pending.record.is_end() {
+                self.supervisor.release(pending.record.agent());
+            }
+            let _ = pending.reply.send(result);
+        }
+        if flight.promote {
+            st.next_due = out.next_due;
+            st.check_due = false;
+            if std::mem::take(&mut st.promoted_due) {
+                st.runnable = true;
             }
         }
-        tracing::info!("scheduler stopped");
+        if let Some((_, count)) = flight.dispatch {
+            // Fewer than asked: nothing more can start until something changes.
+            st.runnable = out.dispatched.len() == count;
+        }
+        if ending > 0 {
+            // Freed slots: a dispatch that found the spoke full may succeed now.
+            st.runnable = true;
+        }
+        for d in out.dispatched {
+            // Planned again now: the profile may have changed since the job was queued.
+            let plan = serde_json::from_str::<JobSpec>(&d.spec)
+                .map_err(|e| format!("stored job spec is unreadable: {e}"))
+                .and_then(|spec| {
+                    profile::plan(&self.config.profiles, &d.profile, &spec)
+                        .map_err(|e| e.to_string())
+                });
+            self.supervisor.launch(d, plan);
+        }
     }
 
     async fn maintain(&self) {

@@ -490,6 +490,11 @@ impl AttemptRecord {
         }
     }
 
+    /// Whether writing this record may put its job into a retry backoff.
+    pub fn may_delay_job(&self) -> bool {
+        matches!(self, AttemptRecord::Ended { end, .. } if end.outcome == Outcome::Failed)
+    }
+
     pub fn is_end(&self) -> bool {
         matches!(self, AttemptRecord::Ended { .. })
     }
