@@ -50,8 +50,6 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 /// Calls in flight at once: one can carry new attempts while another writes records, so
 /// Valkey works on one while this process handles the other's reply.
 const MAX_IN_FLIGHT: usize = 2;
-/// Fewest records worth a call of their own while a dispatching call is in flight.
-const MIN_SIDE_CALL: usize = 16;
 
 /// A call on its way to Valkey.
 struct Flight {
@@ -234,18 +232,6 @@ impl Scheduler {
     /// whose attempts have no record in flight (so one attempt's records land in order), and,
     /// unless a dispatch is already in flight, new attempts for free slots and promotion.
     fn next_flight(&self, st: &mut Pipeline, running: bool) -> Option<Flight> {
-        if st.dispatch_in_flight {
-            // A few records wait for the dispatching call to land and go with the next one:
-            // a call of their own would cost Valkey more than it saves.
-            let sendable = st
-                .batch
-                .iter()
-                .filter(|p| !st.busy_agents.contains(p.record.agent()))
-                .count();
-            if sendable < MIN_SIDE_CALL {
-                return None;
-            }
-        }
         let mut records = Vec::new();
         let mut held = Vec::new();
         for p in st.batch.drain(..) {
