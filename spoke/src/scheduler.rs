@@ -70,6 +70,8 @@ struct Pipeline {
     busy_agents: HashSet<AgentId>,
     /// Slots asked for by the dispatch in flight.
     reserved: usize,
+    /// Ends in flight: their attempts have finished, and their slots free up when they land.
+    ending: usize,
     /// At most one call dispatches or promotes at a time, so its result about the queue
     /// (runnable, next due) is never overtaken by an older one.
     dispatch_in_flight: bool,
@@ -251,9 +253,12 @@ impl Scheduler {
         let mut dispatch = None;
         let mut promote = false;
         if dispatching {
-            // Ends in this call land before its dispatch; ends in another call may land after
-            // it (Valkey would still count them active), so their slots are not counted free.
-            let occupied = (self.supervisor.running_count() + st.reserved).saturating_sub(ending);
+            // Ends in this call land before its dispatch. Ends in a call already in flight
+            // most likely land before it too (it was sent first); if not, Valkey still counts
+            // them active and starts fewer, and their landing asks again. Valkey's count of
+            // active jobs is what enforces the limit.
+            let occupied =
+                (self.supervisor.running_count() + st.reserved).saturating_sub(ending + st.ending);
             let free = self
                 .config
                 .queue
@@ -278,6 +283,7 @@ impl Scheduler {
         let dispatching = dispatching && (dispatch.is_some() || promote);
         st.dispatch_in_flight |= dispatching;
         st.reserved += dispatch.as_ref().map_or(0, |(_, c)| *c);
+        st.ending += ending;
         Some(Flight {
             records,
             dispatch,
@@ -289,6 +295,7 @@ impl Scheduler {
     /// Applies what a call did (or puts it back to be retried, if it failed).
     fn landed(&self, st: &mut Pipeline, flight: Flight, out: Result<Stepped, StoreError>) {
         let ending = flight.records.iter().filter(|r| r.record.is_end()).count();
+        st.ending -= ending;
         st.reserved -= flight.dispatch.as_ref().map_or(0, |(_, c)| *c);
         if flight.dispatching {
             st.dispatch_in_flight = false;
