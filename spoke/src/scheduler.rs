@@ -181,7 +181,7 @@ impl Scheduler {
                     self.profile_limits.clone(),
                 );
                 flights.spawn(async move {
-                    let records: Vec<_> = flight.records.iter().map(|p| p.record.clone()).collect();
+                    let records: Vec<_> = flight.records.iter().map(|p| &p.record).collect();
                     let (token, count) = flight
                         .dispatch
                         .as_ref()

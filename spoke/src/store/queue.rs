@@ -279,7 +279,7 @@ elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
     if limited then id = pick() end
     if not id then break end
     local job = job_key(id)
-    local f = redis.call('HMGET', job, 'launch', 'attempts', 'failures', 'profile', 'workspace')
+    local f = redis.call('HMGET', job, unpack(JOB_FIELDS))
     local n = tonumber(f[2]) + 1
     local agent = id .. '.' .. n
     leases[#leases + 1] = ARGV[4]
@@ -800,7 +800,7 @@ impl Store {
     pub async fn step(
         &self,
         now_ms: i64,
-        records: &[AttemptRecord],
+        records: &[&AttemptRecord],
         dispatch: Option<&DispatchRequest<'_>>,
     ) -> Result<Stepped, StoreError> {
         let mut con = self.con.clone();
@@ -931,7 +931,7 @@ impl Store {
     }
 
     async fn one_record(&self, now_ms: i64, record: AttemptRecord) -> Result<Guarded, StoreError> {
-        let mut out = self.step(now_ms, &[record], None).await?;
+        let mut out = self.step(now_ms, &[&record], None).await?;
         out.records.pop().ok_or_else(|| StoreError::Corrupt {
             key: self.keys.pending(),
             reason: "step reply without the record's result".into(),
