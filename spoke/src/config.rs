@@ -36,6 +36,34 @@ struct Raw {
     profiles: BTreeMap<String, RawProfile>,
     #[serde(default)]
     queue: RawQueue,
+    #[serde(default)]
+    events: RawEvents,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEvents {
+    retain_max: u64,
+    retain_ms: u64,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            retain_max: 1_000_000,
+            retain_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+/// Retention of the spoke's event stream: what a reader that fell behind can still resume
+/// from. Older events are trimmed, and a cursor into them gets `resync_required`.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// At most this many stream entries are kept ...
+    pub retain_max: u64,
+    /// ... and none older than this.
+    pub retain: Duration,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -116,6 +144,27 @@ struct RawProfile {
     #[serde(default = "default_kill_grace_ms")]
     kill_grace_ms: u64,
     concurrency: Option<usize>,
+    /// How the agent's stdout is read: `"plain"` (lines, plus the structured JSON lines
+    /// documented in `output`) or `"claude-stream-json"`.
+    #[serde(default)]
+    format: OutputFormat,
+    /// After a Claude Code agent prints its final `result`, how long it may take to exit
+    /// before it is stopped.
+    #[serde(default = "default_result_grace_ms")]
+    result_grace_ms: u64,
+}
+
+/// How an agent's stdout is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    #[default]
+    Plain,
+    ClaudeStreamJson,
+}
+
+fn default_result_grace_ms() -> u64 {
+    5_000
 }
 
 fn default_kill_grace_ms() -> u64 {
@@ -143,6 +192,9 @@ pub struct Profile {
     pub kill_grace: Duration,
     /// Most attempts of this profile running at once (within the spoke-wide limit).
     pub concurrency: Option<usize>,
+    pub format: OutputFormat,
+    /// How long a Claude Code agent may take to exit after its final `result`.
+    pub result_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +218,7 @@ pub struct SpokeConfig {
     pub trusted_hubs: Vec<TrustedHub>,
     pub profiles: BTreeMap<ProfileName, Arc<Profile>>,
     pub queue: QueueConfig,
+    pub events: EventsConfig,
 }
 
 impl SpokeConfig {
@@ -314,6 +367,12 @@ impl SpokeConfig {
             let workdir_root = root
                 .canonicalize()
                 .map_err(|e| invalid(&field("workdir_root"), format!("{}: {e}", root.display())))?;
+            if p.result_grace_ms > 600_000 {
+                return Err(invalid(
+                    &field("result_grace_ms"),
+                    "at most 600000 (10 minutes)".into(),
+                ));
+            }
             if p.kill_grace_ms > 600_000 {
                 return Err(invalid(
                     &field("kill_grace_ms"),
@@ -332,6 +391,8 @@ impl SpokeConfig {
                     workdir_root,
                     kill_grace: Duration::from_millis(p.kill_grace_ms),
                     concurrency: p.concurrency,
+                    format: p.format,
+                    result_grace: Duration::from_millis(p.result_grace_ms),
                 }),
             );
         }
@@ -381,6 +442,19 @@ impl SpokeConfig {
                 "must be between 1000 and 600000".into(),
             ));
         }
+        let e = raw.events;
+        if !(1_000..=100_000_000).contains(&e.retain_max) {
+            return Err(invalid(
+                "events.retain_max",
+                "must be between 1000 and 100000000".into(),
+            ));
+        }
+        if !(60_000..=365 * 24 * 3_600_000).contains(&e.retain_ms) {
+            return Err(invalid(
+                "events.retain_ms",
+                "must be between 60000 (a minute) and 31536000000 (a year)".into(),
+            ));
+        }
         for (name, p) in &profiles {
             if p.concurrency == Some(0) {
                 return Err(invalid(
@@ -400,6 +474,10 @@ impl SpokeConfig {
                 lease: Duration::from_millis(q.lease_ms),
                 retain_finished: Duration::from_millis(q.retain_finished_ms),
                 retain_finished_max: q.retain_finished_max,
+            },
+            events: EventsConfig {
+                retain_max: e.retain_max,
+                retain: Duration::from_millis(e.retain_ms),
             },
             spoke_id: raw.spoke_id,
             trust_domain: raw.trust_domain,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mosaic_shared::ids::{AgentId, CommandId, JobId};
+use mosaic_shared::ids::{AgentId, CommandId, JobId, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::{Domain, KeyPair};
 use mosaic_shared::time::unix_ms;
@@ -22,6 +22,7 @@ use tracing::Instrument as _;
 
 use crate::command::Action;
 use crate::config::SpokeConfig;
+use crate::events::{Cursor, Filter};
 use crate::job::JobState;
 use crate::profile::{self, PlanError};
 use crate::runner::{KillOutcome, Stop, Supervisor};
@@ -30,6 +31,12 @@ use crate::verify::{VerifiedCommand, Verifier, VerifyError};
 
 /// Metadata key carrying the machine-readable reason of a refusal.
 pub const REASON_KEY: &str = "x-mosaic-reason";
+
+/// Most event streams served at once (each holds a Valkey connection of its own).
+const MAX_EVENT_STREAMS: usize = 64;
+/// How long one blocking read of the event stream waits before checking for a departed
+/// caller and retention again.
+const EVENTS_POLL: Duration = Duration::from_secs(5);
 
 /// Longest a kill waits for its agent to end before answering with the state at that moment
 /// (the kill itself carries on). Below the hub's default request timeout of 30 s.
@@ -109,6 +116,8 @@ struct Inner {
     /// Wakes the scheduler when a job is queued or the queue resumes.
     wake: Arc<Notify>,
     receipt_key: Arc<KeyPair>,
+    /// Bounds the event streams open at once.
+    event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl FederationService {
@@ -133,6 +142,7 @@ impl FederationService {
                 store,
                 supervisor,
                 wake,
+                event_streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
             }),
         }
     }
@@ -358,8 +368,184 @@ impl Inner {
     }
 }
 
+/// An `EventsRequest` checked field by field.
+struct EventsQuery {
+    after: Option<Cursor>,
+    filter: Filter,
+}
+
+impl TryFrom<pb::EventsRequest> for EventsQuery {
+    type Error = Status;
+    fn try_from(r: pb::EventsRequest) -> Result<Self, Status> {
+        let invalid = |field: &str, e: String| {
+            status(
+                Code::InvalidArgument,
+                &format!("events.{field}: {e}"),
+                "invalid_request",
+            )
+        };
+        let after = if r.after.is_empty() {
+            None
+        } else {
+            Some(r.after.parse::<Cursor>().map_err(|e| invalid("after", e))?)
+        };
+        let workspace = (!r.workspace.is_empty())
+            .then(|| r.workspace.parse::<WorkspaceId>())
+            .transpose()
+            .map_err(|e| invalid("workspace", e.to_string()))?;
+        let job_id = (!r.job_id.is_empty())
+            .then(|| r.job_id.parse::<JobId>())
+            .transpose()
+            .map_err(|e| invalid("job_id", e.to_string()))?;
+        if r.types.len() > 64 {
+            return Err(invalid("types", "at most 64 types".into()));
+        }
+        let types = r
+            .types
+            .iter()
+            .map(|&t| match pb::EventType::try_from(t) {
+                Ok(pb::EventType::Unspecified) | Err(_) => {
+                    Err(invalid("types", format!("{t} is not an event type")))
+                }
+                Ok(t) => Ok(t),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(EventsQuery {
+            after,
+            filter: Filter {
+                workspace: workspace.map(|w| w.to_string()),
+                job_id: job_id.map(|j| j.to_string()),
+                types,
+            },
+        })
+    }
+}
+
+/// Sends the stream's events after `query.after` that match its filter, stored then live,
+/// until the caller leaves or retention overtakes it.
+async fn feed_events(
+    store: Store,
+    spoke: String,
+    query: EventsQuery,
+    tx: tokio::sync::mpsc::Sender<Result<pb::Event, Status>>,
+) {
+    let unavailable = |e: StoreError| {
+        tracing::warn!(error = %e, "event stream read failed");
+        status(
+            Code::Unavailable,
+            "the spoke's event store is unavailable; resume from your cursor later",
+            "store_unavailable",
+        )
+    };
+    let mut reader = match store.event_reader().await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(unavailable(e))).await;
+            return;
+        }
+    };
+    let filter = query.filter;
+    let mut pos = query.after;
+    loop {
+        let (from, inclusive) = match pos {
+            None => (None, false),
+            // Inside an entry: read that entry again for its remaining events.
+            Some(c) => (Some(c.id), c.sub.is_some()),
+        };
+        let entries = tokio::select! {
+            read = reader.read(from, inclusive, EVENTS_POLL) => read,
+            () = tx.closed() => return,
+        };
+        // Checked after the read: retention only removes the oldest entries, so if the
+        // cursor is still retained now, nothing after it was missing when we read.
+        let checked = match entries {
+            Ok(entries) => reader.trimmed().await.map(|t| (entries, t)),
+            Err(e) => Err(e),
+        };
+        let (entries, trimmed) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx.send(Err(unavailable(e))).await;
+                return;
+            }
+        };
+        if let Some(c) = pos
+            && !c.is_retained(trimmed)
+        {
+            let message = format!(
+                "events after cursor {c} are no longer retained (retention removed up to {}); \
+                 resynchronise (read current job states) and resume from an empty cursor",
+                trimmed.map(|t| t.to_string()).unwrap_or_default()
+            );
+            let _ = tx
+                .send(Err(status(
+                    Code::FailedPrecondition,
+                    &message,
+                    "resync_required",
+                )))
+                .await;
+            return;
+        }
+        for entry in &entries {
+            if filter.may_match(entry) {
+                match crate::events::expand(&spoke, entry) {
+                    Ok(events) => {
+                        for (i, event) in events.into_iter().enumerate() {
+                            let after_pos = pos.is_none_or(|c| c.is_before(entry.id, i as u32));
+                            if after_pos
+                                && filter.matches(&event)
+                                && tx.send(Ok(event)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable event entry"),
+                }
+            }
+            pos = Some(Cursor {
+                id: entry.id,
+                sub: None,
+            });
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::federation_server::Federation for FederationService {
+    type EventsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let certs = request.peer_certs();
+        let inner = &self.inner;
+        let hub = inner
+            .verifier
+            .peer_hub(certs.as_deref().map(|c| c.as_slice()))
+            .map_err(|e| Refusal::from(e).into_status())?;
+        let query = EventsQuery::try_from(request.into_inner())?;
+        let permit = inner.event_streams.clone().try_acquire_owned().map_err(|_| {
+            status(
+                Code::ResourceExhausted,
+                &format!("this spoke serves at most {MAX_EVENT_STREAMS} event streams at once; retry later"),
+                "too_many_streams",
+            )
+        })?;
+        tracing::info!(%hub, after = ?query.after.map(|c| c.to_string()), "event stream opened");
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::store::READ_BATCH);
+        let store = inner.store.clone();
+        let spoke = inner.config.spoke_id.to_string();
+        tokio::spawn(async move {
+            feed_events(store, spoke, query, tx).await;
+            drop(permit);
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn execute(
         &self,
         request: Request<pb::SignedCommand>,

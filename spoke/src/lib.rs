@@ -9,11 +9,13 @@
 //! - [`store`]: Valkey: replay records, the job queue's transition scripts, records, key names.
 //! - [`scheduler`]: starts queued jobs in free slots; leases, crash recovery, retention.
 //! - [`lifecycle`]: the agent (attempt) state machine's table.
+//! - [`events`]: what agents report, stream entries into `Event`s, and cursors.
 //! - [`runner`]: supervised child processes, stop with grace, timeouts, output tail.
 //! - [`config`]: `spoke.toml` into a typed [`config::SpokeConfig`].
 
 pub mod command;
 pub mod config;
+pub mod events;
 pub mod grpc;
 pub mod job;
 pub mod lifecycle;

@@ -156,6 +156,8 @@ mod tests {
             workdir_root: root,
             kill_grace: Duration::from_secs(1),
             concurrency: None,
+            format: crate::config::OutputFormat::Plain,
+            result_grace: Duration::from_secs(5),
         };
         (dir, [(name, Arc::new(p))].into())
     }

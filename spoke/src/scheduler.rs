@@ -381,6 +381,12 @@ impl Scheduler {
             Ok(n) => tracing::info!(removed = n, "retention removed finished jobs"),
             Err(e) => tracing::warn!(error = %e, "retention failed"),
         }
+        let e = &self.config.events;
+        match self.store.trim_events(now, e.retain, e.retain_max).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "retention removed events"),
+            Err(e) => tracing::warn!(error = %e, "event retention failed"),
+        }
     }
 
     /// Ends an attempt whose spoke process is gone, after making sure its processes are dead.

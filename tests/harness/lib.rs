@@ -221,15 +221,22 @@ impl Federation {
 
     /// TLS material of a hub identity from this federation's PKI.
     pub fn hub_tls(&self, hub: &str) -> TlsMaterial {
+        self.tls_of(Role::Hub, hub)
+    }
+
+    /// TLS material of a spoke identity from this federation's PKI.
+    pub fn spoke_tls(&self, spoke: &str) -> TlsMaterial {
+        self.tls_of(Role::Spoke, spoke)
+    }
+
+    fn tls_of(&self, role: Role, id: &str) -> TlsMaterial {
+        let pki = self.dir().join("pki");
         TlsMaterial::load(&TlsPaths {
-            cert: self
-                .dir()
-                .join("pki")
-                .join(certs::cert_file(Role::Hub, hub)),
-            key: self.dir().join("pki").join(certs::key_file(Role::Hub, hub)),
-            ca: self.dir().join("pki").join(certs::CA_CERT),
+            cert: pki.join(certs::cert_file(role, id)),
+            key: pki.join(certs::key_file(role, id)),
+            ca: pki.join(certs::CA_CERT),
         })
-        .expect("hub TLS material")
+        .expect("TLS material")
     }
 
     /// A hub signing key of this federation (`hub`, `other-hub`) or any key file stem.
@@ -696,4 +703,55 @@ pub fn hub_cli(fed: &Federation, args: &[&str]) -> (i32, String, String) {
 /// The spoke id as a typed id.
 pub fn spoke_id(id: &str) -> SpokeId {
     id.parse().expect("spoke id")
+}
+
+impl Federation {
+    /// Opens the spoke's event stream as the hub `hub` (its real TLS identity).
+    pub async fn events(
+        &self,
+        spoke: &str,
+        request: pb::EventsRequest,
+    ) -> Result<tonic::Streaming<pb::Event>, tonic::Status> {
+        let mut client = self
+            .raw_client(spoke, &self.hub_tls(HUB))
+            .await
+            .expect("dial spoke");
+        Ok(client.events(request).await?.into_inner())
+    }
+}
+
+/// Reads `stream` until `done` holds for the events read so far; fails after `within` or if
+/// the stream ends or errs first.
+pub async fn read_events_until(
+    stream: &mut tonic::Streaming<pb::Event>,
+    within: Duration,
+    done: impl Fn(&[pb::Event]) -> bool,
+) -> anyhow::Result<Vec<pb::Event>> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(&seen) {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => bail!(
+                "after {within:?}, {} events and not done: {seen:#?}",
+                seen.len()
+            ),
+            Ok(Ok(Some(e))) => seen.push(e),
+            Ok(Ok(None)) => bail!("the event stream ended after {} events", seen.len()),
+            Ok(Err(status)) => bail!("the event stream failed: {status:?}"),
+        }
+    }
+    Ok(seen)
+}
+
+/// Whether `events` hold a terminal job event for `job`.
+pub fn job_ended(events: &[pb::Event], job: &str) -> bool {
+    events.iter().any(|e| {
+        e.job_id == job
+            && matches!(
+                e.r#type(),
+                pb::EventType::JobCompleted
+                    | pb::EventType::JobFailed
+                    | pb::EventType::JobCancelled
+            )
+    })
 }

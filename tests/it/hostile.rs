@@ -178,18 +178,7 @@ async fn a_spoke_certificate_cannot_command_another_spoke() {
         .start()
         .await
         .unwrap();
-    let spoke_b_tls = TlsMaterial::load(&TlsPaths {
-        cert: fed
-            .dir()
-            .join("pki")
-            .join(certs::cert_file(Role::Spoke, "b")),
-        key: fed
-            .dir()
-            .join("pki")
-            .join(certs::key_file(Role::Spoke, "b")),
-        ca: fed.dir().join("pki").join(certs::CA_CERT),
-    })
-    .unwrap();
+    let spoke_b_tls = fed.spoke_tls("b");
     let hub_key = fed.key(HUB);
     let s = refuse(&fed, &spoke_b_tls, env_for(&hub_key)).await;
     assert_refused(

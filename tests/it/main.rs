@@ -3,6 +3,7 @@
 
 mod agents;
 mod cli;
+mod events;
 mod hostile;
 mod queue;
 mod scheduler;

@@ -97,9 +97,16 @@ impl Keys {
         format!("{}q:running", self.prefix)
     }
 
-    /// Stream of lifecycle events, appended by the same scripts that change state.
+    /// Stream of events: lifecycle events, appended by the same scripts that change state,
+    /// and what agents report.
     pub fn events(&self) -> String {
         format!("{}events", self.prefix)
+    }
+
+    /// The id of the newest entry that retention removed from [`Keys::events`]: a cursor before
+    /// it can no longer resume.
+    pub fn events_trimmed(&self) -> String {
+        format!("{}events:trimmed", self.prefix)
     }
 }
 
@@ -122,6 +129,7 @@ mod tests {
             k.paused(),
             k.running_by_profile(),
             k.events(),
+            k.events_trimmed(),
         ];
         for key in &all {
             assert!(key.starts_with("mosaic:{spoke-a}:"), "{key}");

@@ -6,9 +6,12 @@
 //! transparently after `NOSCRIPT` (a restarted Valkey). Key names come only from [`keys`].
 //! This module never starts processes and never decides policy.
 
+mod events;
 pub mod keys;
 mod queue;
 mod retry;
+
+pub use events::{AttemptEvents, EventReader, READ_BATCH};
 
 pub use queue::{
     AttemptEnd, AttemptRecord, DispatchRequest, Dispatched, ExpiredLease, Guarded, JobRecord,
@@ -24,9 +27,6 @@ use redis::{AsyncCommands as _, Script};
 
 use crate::lifecycle::AgentState;
 use keys::Keys;
-
-/// Approximate cap on the event stream until the events issue gives it a policy.
-const EVENTS_MAXLEN: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -181,9 +181,12 @@ return 0
 pub struct Store {
     /// Retries transient failures (see `retry`); cheap to clone, multiplexed.
     con: retry::Retrying,
+    /// For connections of their own (blocking stream reads).
+    client: redis::Client,
     keys: Keys,
     release_command: Script,
     queue: queue::QueueScripts,
+    events_scripts: events::EventScripts,
 }
 
 impl Store {
@@ -208,9 +211,11 @@ impl Store {
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Store {
             con: retry::Retrying(con),
+            client,
             keys: Keys::new(spoke),
             release_command: Script::new(RELEASE_COMMAND),
             queue: queue::QueueScripts::new(),
+            events_scripts: events::EventScripts::new(queue::PRELUDE),
         })
     }
 

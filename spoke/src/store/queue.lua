@@ -5,8 +5,9 @@
 local function job_key(id) return ARGV[1] .. id end
 -- A field of attempt `n`'s record, inside its job's hash (keys::attempt_field).
 local function attempt_field(n, name) return ARGV[2] .. n .. '.' .. name end
-local function event(stream, maxlen, ...)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
+-- Retention trims the stream separately (store::events), so that it knows what it removed.
+local function event(stream, ...)
+  redis.call('XADD', stream, '*', ...)
 end
 -- Higher priority first, FIFO within a priority (job::pending_score, exact below 10^13 jobs).
 local function pending_score(priority, seq)

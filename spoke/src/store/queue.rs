@@ -23,11 +23,11 @@ use mosaic_shared::pb::federation::v1 as pb;
 use redis::{AsyncCommands as _, Script};
 
 use super::keys::Keys;
-use super::{EVENTS_MAXLEN, Store, StoreError};
+use super::{Store, StoreError};
 use crate::job::{JobOptions, JobState};
 use crate::lifecycle::AgentState;
 
-const PRELUDE: &str = include_str!("queue.lua");
+pub(super) const PRELUDE: &str = include_str!("queue.lua");
 
 /// How many pending jobs dispatch examines for one whose profile has a free slot.
 const DISPATCH_SCAN: usize = 64;
@@ -42,7 +42,7 @@ const DISPATCHED_FIELDS: usize = 6;
 
 const ENQUEUE: &str = r"
 -- KEYS: job, pending, delayed, seq, events
--- ARGV: job id, now, ready_at, priority, workspace, maxlen, then field/value pairs
+-- ARGV: job id, now, ready_at, priority, workspace, then field/value pairs
 -- A repeat (a retried call whose first try ran) reports the job as it is.
 local existing = redis.call('HGET', KEYS[1], 'state')
 if existing then return existing end
@@ -54,10 +54,14 @@ if tonumber(ARGV[3]) > tonumber(ARGV[2]) then
 else
   redis.call('ZADD', KEYS[2], pending_score(ARGV[4], seq), ARGV[1])
 end
-local fields = {'state', state, 'seq', seq, 'attempts', 0, 'failures', 0, 'ready_at_ms', ARGV[3]}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+-- The entry stands for job.created, and job.queued too if the job is ready (events::expand).
+local events = 1
+if state == 'pending' then events = 2 end
+local fields = {'state', state, 'seq', seq, 'attempts', 0, 'failures', 0, 'ready_at_ms', ARGV[3],
+  'events', events}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-event(KEYS[5], ARGV[6], 'kind', 'job.queued', 'job_id', ARGV[1], 'workspace', ARGV[5],
+event(KEYS[5], 'kind', 'job.created', 'job_id', ARGV[1], 'workspace', ARGV[5], 'seq', 1,
   'at_ms', ARGV[2], 'ready_at_ms', ARGV[3])
 return state
 ";
@@ -66,21 +70,24 @@ const STEP: &str = r"
 -- KEYS: pending, delayed, active, paused, running-by-profile, events, done:completed,
 --       done:failed, done:cancelled, this owner's dispatch token
 -- ARGV: [1-2] key layout (see the prelude), [3] now, [4] lease_until, [5] owner,
---       [6] total limit, [7] events maxlen, [8] scan, [9] promote batch,
---       [10] '1' to promote due delayed jobs and report the next due time,
---       [11] how many attempts to create, [12] this dispatch's token (the same on a retry),
---       [13] profile limits 'name limit ...' ('' for none),
---       [14] agent states that may become running, [15] job states that may become executing,
---       [16-23] per outcome (completed, failed, killed, interrupted): the agent states that may
+--       [6] total limit, [7] scan, [8] promote batch,
+--       [9] '1' to promote due delayed jobs and report the next due time,
+--       [10] how many attempts to create, [11] this dispatch's token (the same on a retry),
+--       [12] profile limits 'name limit ...' ('' for none),
+--       [13] agent states that may become running, [14] job states that may become executing,
+--       [15-22] per outcome (completed, failed, killed, interrupted): the agent states that may
 --       enter its attempt state, the job states it may move on from,
---       [24] number of records, then 12 fields per record:
+--       [23] number of records, then 12 fields per record:
 --       'run', job, agent, attempt, at, pid, process start time, then 5 unused;
 --       'end', job, agent, attempt, at, outcome, retry delay ms, error, exit code, signal,
 --       output tail, in-process start time ('' unless the attempt started and ended in
 --       process).
 -- Returns {next due time or '', record count, code and state per record, then per attempt
 -- created: job id, attempt number, failures so far, profile, workspace, launch record}.
-local now, owner, maxlen = ARGV[3], ARGV[5], ARGV[7]
+-- Each event entry carries the job's event number `seq` of the first event it stands for, and
+-- the job's `events` field counts the events so far (events::expand says how many an entry
+-- stands for).
+local now, owner = ARGV[3], ARGV[5]
 local PENDING, DELAYED, ACTIVE, RUNNING, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
 local DONE = {completed = KEYS[7], failed = KEYS[8], cancelled = KEYS[9]}
 local function set(s)
@@ -88,20 +95,20 @@ local function set(s)
   for x in string.gmatch(s, '%S+') do t[x] = true end
   return t
 end
-local run_agent, run_job = set(ARGV[14]), set(ARGV[15])
+local run_agent, run_job = set(ARGV[13]), set(ARGV[14])
 local ends = {}
 for i, o in ipairs({'completed', 'failed', 'killed', 'interrupted'}) do
-  ends[o] = {agent = set(ARGV[14 + 2 * i]), job = set(ARGV[15 + 2 * i])}
+  ends[o] = {agent = set(ARGV[13 + 2 * i]), job = set(ARGV[14 + 2 * i])}
 end
 local limits, limited = {}, false
 do
   local name
-  for x in string.gmatch(ARGV[13], '%S+') do
+  for x in string.gmatch(ARGV[12], '%S+') do
     if name then limits[name] = tonumber(x); name = nil; limited = true else name = x end
   end
 end
 local function ev(...)
-  redis.call('XADD', EVENTS, 'MAXLEN', '~', maxlen, '*', ...)
+  redis.call('XADD', EVENTS, '*', ...)
 end
 -- Queue moves are collected and made once per call.
 local left_active, finished = {}, {completed = {}, failed = {}, cancelled = {}}
@@ -123,20 +130,22 @@ end
 
 local function running(id, agent, n, at, pid, pstart)
   local job = job_key(id)
-  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace')
+  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'events')
   if tonumber(j[2]) ~= tonumber(n) or not run_agent[IMPLIED[j[1]] or ''] or not run_job[j[1]] then
     return not_live(job, n, 'running', pid, 'spawning')
   end
+  local seq = tonumber(j[4]) + 1
   redis.call('HSET', job, 'state', 'executing', attempt_field(n, 'started_at_ms'), at,
-    attempt_field(n, 'pid'), pid, attempt_field(n, 'proc_start'), pstart)
-  ev('kind', 'agent.running', 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'at_ms', at)
+    attempt_field(n, 'pid'), pid, attempt_field(n, 'proc_start'), pstart, 'events', seq)
+  ev('kind', 'agent.running', 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'seq', seq,
+    'at_ms', at)
   return 1, IMPLIED[j[1]]
 end
 
 local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inproc)
   local job = job_key(id)
   local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'error', 'counted',
-    'failures', 'max_retries')
+    'failures', 'max_retries', 'events')
   local allowed = ends[outcome]
   local agent_to = outcome
   if outcome == 'interrupted' then agent_to = 'failed' end
@@ -164,7 +173,7 @@ local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inp
     redis.call('HINCRBY', RUNNING, redis.call('HGET', job, 'profile'), -1)
     put('counted', 0)
   end
-  local next, kind = 'pending', 'job.requeued'
+  local next, kind, ready = 'pending', 'job.requeued', nil
   if outcome == 'completed' then
     next, kind = 'completed', 'job.completed'
   elseif outcome == 'killed' then
@@ -177,7 +186,7 @@ local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inp
     put('failures', failures)
     if failures <= tonumber(j[7]) then
       next, kind = 'delayed', 'job.retry'
-      local ready = tonumber(at) + tonumber(delay)
+      ready = tonumber(at) + tonumber(delay)
       redis.call('ZADD', DELAYED, ready, id)
       put('ready_at_ms', ready)
     else
@@ -191,18 +200,24 @@ local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inp
     put('finished_at_ms', at)
   end
   put('state', next)
+  -- The attempt's end and the job's change; an in-process start comes first.
+  local seq, count = tonumber(j[8]) + 1, 2
+  if start_here then count = 3 end
+  put('events', seq + count - 1)
   redis.call('HSET', job, unpack(f))
-  local e = {'kind', kind, 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'at_ms', at}
+  local e = {'kind', kind, 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'seq', seq,
+    'at_ms', at}
   if err ~= '' then e[#e + 1] = 'error'; e[#e + 1] = err end
+  if ready then e[#e + 1] = 'ready_at_ms'; e[#e + 1] = ready end
   if start_here then e[#e + 1] = 'started_at_ms'; e[#e + 1] = inproc end
   ev(unpack(e))
   return 1, next
 end
 
-local count = tonumber(ARGV[24])
+local count = tonumber(ARGV[23])
 local out = {'', count}
 for r = 0, count - 1 do
-  local b = 24 + r * 12
+  local b = 23 + r * 12
   local code, state
   if ARGV[b + 1] == 'run' then
     code, state = running(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
@@ -219,13 +234,14 @@ for state, members in pairs(finished) do
   if #members > 0 then redis.call('ZADD', DONE[state], unpack(members)) end
 end
 
-if ARGV[10] == '1' then
-  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
+if ARGV[9] == '1' then
+  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))
   for _, id in ipairs(due) do
-    local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace')
+    local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace', 'events')
+    local seq = tonumber(f[4]) + 1
     redis.call('ZADD', PENDING, pending_score(f[1], f[2]), id)
-    redis.call('HSET', job_key(id), 'state', 'pending')
-    ev('kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'at_ms', now)
+    redis.call('HSET', job_key(id), 'state', 'pending', 'events', seq)
+    ev('kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq, 'at_ms', now)
   end
   if #due > 0 then redis.call('ZREM', DELAYED, unpack(due)) end
 end
@@ -233,13 +249,14 @@ end
 -- What a new attempt needs: the launch record (what to run and how, encoded by Rust at
 -- enqueue and passed through untouched), the attempt count, failures so far, profile and
 -- workspace.
-local JOB_FIELDS = {'launch', 'attempts', 'failures', 'profile', 'workspace', 'dispatch_token'}
+local JOB_FIELDS = {'launch', 'attempts', 'failures', 'profile', 'workspace', 'dispatch_token',
+  'events'}
 local function reply(id, attempt, f)
   for _, v in ipairs({id, attempt, f[3], f[4], f[5], f[1]}) do
     out[#out + 1] = v
   end
 end
-local wanted, token = tonumber(ARGV[11]), ARGV[12]
+local wanted, token = tonumber(ARGV[10]), ARGV[11]
 if wanted > 0 and redis.call('SET', KEYS[10], token, 'GET', 'PX', 86400000) == token then
   -- A repeat (a retried call whose first try ran): the attempts it created, as they are.
   for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
@@ -255,7 +272,7 @@ elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
   end
   -- With profile limits: the first pending job (in order, among the first `scan`) whose
   -- profile is under its limit, one slot at a time.
-  local scan = tonumber(ARGV[8])
+  local scan = tonumber(ARGV[7])
   local function pick()
     local offset = 0
     while offset < scan do
@@ -284,19 +301,22 @@ elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
     local agent = id .. '.' .. n
     leases[#leases + 1] = ARGV[4]
     leases[#leases + 1] = id
+    -- job.started and agent.spawning.
+    local seq = tonumber(f[7]) + 1
     local jf = {'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token', token,
-      attempt_field(n, 'created_at_ms'), now}
+      attempt_field(n, 'created_at_ms'), now, 'events', seq + 1}
     if limits[f[4]] then
       redis.call('HINCRBY', RUNNING, f[4], 1)
       jf[#jf + 1] = 'counted'; jf[#jf + 1] = 1
     end
     redis.call('HSET', job, unpack(jf))
-    ev('kind', 'job.started', 'job_id', id, 'workspace', f[5], 'agent_id', agent, 'at_ms', now)
+    ev('kind', 'job.started', 'job_id', id, 'workspace', f[5], 'agent_id', agent, 'seq', seq,
+      'at_ms', now)
     reply(id, n, f)
   end
   if #leases > 0 then redis.call('ZADD', ACTIVE, unpack(leases)) end
 end
-if ARGV[10] == '1' then
+if ARGV[9] == '1' then
   local next_due = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if next_due[2] then out[1] = next_due[2] end
 end
@@ -305,8 +325,8 @@ return out
 
 const REMOVE: &str = r"
 -- KEYS: job, pending, delayed, done:cancelled, events
--- ARGV: job id, now, reason, maxlen
-local j = redis.call('HMGET', KEYS[1], 'state', 'error', 'workspace')
+-- ARGV: job id, now, reason
+local j = redis.call('HMGET', KEYS[1], 'state', 'error', 'workspace', 'events')
 local s = j[1]
 if not s then return {-1, ''} end
 -- A repeat (a retried call whose first try ran) finds its own reason recorded.
@@ -315,8 +335,10 @@ if s ~= 'pending' and s ~= 'delayed' then return {0, s} end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', ARGV[3], 'finished_at_ms', ARGV[2])
-event(KEYS[5], ARGV[4], 'kind', 'job.cancelled', 'job_id', ARGV[1], 'workspace', j[3],
+local seq = tonumber(j[4]) + 1
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', ARGV[3], 'finished_at_ms', ARGV[2],
+  'events', seq)
+event(KEYS[5], 'kind', 'job.cancelled', 'job_id', ARGV[1], 'workspace', j[3], 'seq', seq,
   'error', ARGV[3], 'at_ms', ARGV[2])
 return {1, s}
 ";
@@ -769,8 +791,7 @@ impl Store {
             .arg(now_ms)
             .arg(ready_at)
             .arg(o.priority)
-            .arg(job.workspace.as_str())
-            .arg(EVENTS_MAXLEN);
+            .arg(job.workspace.as_str());
         let launch = Launch {
             command_id: job.command_id.clone(),
             spec: job.spec.clone(),
@@ -837,7 +858,6 @@ impl Store {
             .arg(lease_until)
             .arg(owner)
             .arg(total)
-            .arg(EVENTS_MAXLEN)
             .arg(DISPATCH_SCAN)
             .arg(PROMOTE_BATCH)
             .arg(if promote { "1" } else { "0" })
@@ -957,7 +977,6 @@ impl Store {
             .arg(job.as_str())
             .arg(now_ms)
             .arg(reason)
-            .arg(EVENTS_MAXLEN)
             .invoke_async(&mut con)
             .await?;
         Ok(guarded(code, state))
