@@ -15,6 +15,7 @@ use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::KeyPair;
 use mosaic_shared::time::unix_ms;
 
+use crate::auth;
 use crate::certs::{self, PkiPlan};
 use crate::config::HubConfig;
 use crate::spokes::{Receipt, SpokeClient, SpokeError};
@@ -33,6 +34,7 @@ Examples:
   mosaic-hub -c hub.toml queue stats --spoke spoke-a
   mosaic-hub -c hub.toml queue pause --spoke spoke-a
   mosaic-hub -c hub.toml --output json spokes
+  mosaic-hub token new --name ci --role operator --workspace team-a --workspace team-b
 
 Exit codes:
   0  success (for spawn --wait: the job completed)
@@ -98,6 +100,26 @@ pub enum Command {
     Queue(QueueCommand),
     /// List configured spokes with their reachability, version, profiles and queue.
     Spokes,
+    /// Admin API bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a new random token: prints the token once and the tokens-file entry (its hash,
+    /// role and workspaces) to add to the hub's tokens file. The hub never stores the token.
+    New {
+        /// Shown in logs and audit records (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// viewer: read only; operator: also spawn and kill; admin: also pause, resume, audit.
+        #[arg(long)]
+        role: String,
+        /// A workspace the token may touch (repeat for several), or '*' for all (admin needs '*').
+        #[arg(long = "workspace", required = true)]
+        workspaces: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +262,11 @@ pub struct CliError {
     pub message: String,
 }
 
+/// A bad argument value: exit code 2, like clap's own usage errors.
+fn usage(message: String) -> CliError {
+    CliError { code: 2, message }
+}
+
 impl<E: std::fmt::Display> From<E> for CliError {
     fn from(e: E) -> Self {
         CliError {
@@ -267,6 +294,27 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             code: 1,
             message: format!("{e:#}"),
         }),
+        Command::Token(TokenCommand::New {
+            name,
+            role,
+            workspaces,
+        }) => {
+            let name: auth::TokenName = name.parse().map_err(|e| usage(format!("--name: {e}")))?;
+            let role: auth::Role = role.parse().map_err(|e| usage(format!("--role: {e}")))?;
+            let scope = auth::WorkspaceScope::parse(workspaces.iter().map(String::as_str))
+                .map_err(|e| usage(format!("--workspace: {e}")))?;
+            let token = auth::new_token(name, role, scope).map_err(|e| usage(e.to_string()))?;
+            emit(
+                output,
+                &serde_json::json!({
+                    "token": token.token(),
+                    "hash": token.hash().to_string(),
+                    "entry": token.toml_entry(),
+                }),
+                || token.cli_output(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen { out } => {
             let (private, public) = (with_ext(&out, "pem"), with_ext(&out, "pub.pem"));
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -7,6 +7,8 @@
 //! killed when the federation is dropped. The binaries come from the same target directory as
 //! this test (`cargo build --workspace --bins` first; `deploy/test.sh` does).
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;

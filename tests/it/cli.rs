@@ -315,3 +315,88 @@ fn the_quickstart_demo_runs() {
     assert!(stdout.contains("state      cancelled"), "{stdout}");
     assert!(stdout.contains("4. round trip"), "{stdout}");
 }
+
+#[test]
+fn token_new_prints_a_token_whose_entry_grants_it() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(binary("mosaic-hub"))
+            .args(args)
+            .output()
+            .expect("run mosaic-hub");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[
+        "--output",
+        "json",
+        "token",
+        "new",
+        "--name",
+        "ci",
+        "--role",
+        "operator",
+        "--workspace",
+        "team-a",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = v["token"].as_str().unwrap();
+    let entry = v["entry"].as_str().unwrap();
+    assert!(
+        !entry.contains(token),
+        "the entry holds the hash, never the token"
+    );
+    let set = mosaic_hub::auth::TokenSet::from_toml(entry, std::path::Path::new("tokens.toml"))
+        .expect("the printed entry is a valid tokens file");
+    let who = set.authenticate(token).expect("the token authenticates");
+    assert_eq!(who.name().as_str(), "ci");
+    assert_eq!(who.role(), mosaic_hub::auth::Role::Operator);
+    assert!(set.authenticate(&format!("{token}x")).is_none());
+
+    // The human form shows the token once and the entry to paste.
+    let (code, out, _) = run(&[
+        "token",
+        "new",
+        "--name",
+        "ops",
+        "--role",
+        "admin",
+        "--workspace",
+        "*",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("shown only this once"), "{out}");
+    assert!(
+        out.contains("role = \"admin\"\nworkspaces = \"*\""),
+        "{out}"
+    );
+
+    // Bad values are usage errors (exit 2) that name the flag or say what to do.
+    let (code, _, err) = run(&[
+        "token",
+        "new",
+        "--name",
+        "ci",
+        "--role",
+        "root",
+        "--workspace",
+        "a",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--role"), "{err}");
+    let (code, _, err) = run(&[
+        "token",
+        "new",
+        "--name",
+        "ci",
+        "--role",
+        "admin",
+        "--workspace",
+        "a",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs workspaces = \"*\""), "{err}");
+}
