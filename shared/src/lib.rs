@@ -1,8 +1,10 @@
 //! Mosaic federation: what hub and spoke share.
 //!
-//! - [`pb`]: the generated protobuf types and gRPC stubs (`mosaic.federation.v1`); only the
-//!   edges of hub and spoke use them.
+//! - [`pb`]: the generated protobuf types and gRPC stubs (`mosaic.federation.v1` between hub
+//!   and spoke, `mosaic.admin.v1` for clients); only the edges of hub and spoke use them.
 //! - [`ids`]: validated identifiers (hub, spoke, workspace, profile, command, agent).
+//! - [`stream`]: Valkey streams as event logs: entry ids, retention that records what it
+//!   removed.
 //! - [`signing`]: ed25519 keys, key ids, domain-separated signatures over exact bytes.
 //! - [`tls`]: mutual TLS with SPIFFE-style URI SAN identities, and the client connector.
 //! - [`config`]: TOML + environment overrides into a binary's raw config struct.
@@ -12,6 +14,7 @@
 pub mod config;
 pub mod ids;
 pub mod signing;
+pub mod stream;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
@@ -22,6 +25,11 @@ pub mod pb {
     pub mod federation {
         pub mod v1 {
             tonic::include_proto!("mosaic.federation.v1");
+        }
+    }
+    pub mod admin {
+        pub mod v1 {
+            tonic::include_proto!("mosaic.admin.v1");
         }
     }
 }

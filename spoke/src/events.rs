@@ -15,6 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use mosaic_shared::pb::federation::v1 as pb;
+pub use mosaic_shared::stream::EntryId;
 
 /// Which of an agent's output streams something came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -240,31 +241,6 @@ impl AgentEvent {
                 "gate.failed",
                 vec![("gate", gate.clone()), ("message", message.clone())],
             ),
-        })
-    }
-}
-
-/// A Valkey stream entry id, `<ms>-<n>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EntryId {
-    pub ms: u64,
-    pub n: u64,
-}
-
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.n)
-    }
-}
-
-impl FromStr for EntryId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not an event cursor");
-        let (ms, n) = s.split_once('-').ok_or_else(bad)?;
-        Ok(EntryId {
-            ms: ms.parse().map_err(|_| bad())?,
-            n: n.parse().map_err(|_| bad())?,
         })
     }
 }

@@ -59,36 +59,6 @@ end
 return out
 ";
 
-const TRIM: &str = r"
--- KEYS: events, trimmed marker
--- ARGV: most entries to keep, oldest id to keep by age, batch
--- Removes entries beyond the count (at most `batch` per call) and older than the age limit,
--- and records the newest id removed. Returns how many were removed.
-local function parse(id)
-  local ms, n = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(n)
-end
-local function after(a, b)
-  local am, an = parse(a)
-  local bm, bn = parse(b)
-  return am > bm or (am == bm and an > bn)
-end
-local last = nil
-local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
-if excess > 0 then
-  local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(excess, tonumber(ARGV[3])))
-  if #old > 0 then last = old[#old][1] end
-end
-local aged = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[2], '-', 'COUNT', 1)
-if aged[1] and (not last or after(aged[1][1], last)) then last = aged[1][1] end
-if not last then return 0 end
-local ms, n = parse(last)
-local removed = redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', ms, n + 1))
-local previous = redis.call('GET', KEYS[2])
-if not previous or after(last, previous) then redis.call('SET', KEYS[2], last) end
-return removed
-";
-
 /// What one attempt reported, in order, to append in one call with others.
 #[derive(Debug, Clone)]
 pub struct AttemptEvents {
@@ -108,7 +78,7 @@ impl EventScripts {
     pub(super) fn new(prelude: &str) -> Self {
         EventScripts {
             append: Script::new(&format!("{prelude}\n{APPEND}")),
-            trim: Script::new(&format!("{prelude}\n{TRIM}")),
+            trim: Script::new(mosaic_shared::stream::TRIM_SCRIPT),
         }
     }
 }
