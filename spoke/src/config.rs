@@ -16,6 +16,8 @@ use mosaic_shared::ids::{HubId, ProfileName, SpokeId};
 use mosaic_shared::signing::{KeyPair, PublicKey};
 use mosaic_shared::tls::{self, Role, SpiffeId, TlsMaterial, TlsPaths};
 
+use crate::output::Format;
+
 /// The file as written. Every key is documented in README.md ("Spoke configuration").
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,20 +149,11 @@ struct RawProfile {
     /// How the agent's stdout is read: `"plain"` (lines, plus the structured JSON lines
     /// documented in `output`) or `"claude-stream-json"`.
     #[serde(default)]
-    format: OutputFormat,
+    format: Format,
     /// After a Claude Code agent prints its final `result`, how long it may take to exit
     /// before it is stopped.
     #[serde(default = "default_result_grace_ms")]
     result_grace_ms: u64,
-}
-
-/// How an agent's stdout is read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OutputFormat {
-    #[default]
-    Plain,
-    ClaudeStreamJson,
 }
 
 fn default_result_grace_ms() -> u64 {
@@ -192,7 +185,7 @@ pub struct Profile {
     pub kill_grace: Duration,
     /// Most attempts of this profile running at once (within the spoke-wide limit).
     pub concurrency: Option<usize>,
-    pub format: OutputFormat,
+    pub format: Format,
     /// How long a Claude Code agent may take to exit after its final `result`.
     pub result_grace: Duration,
 }

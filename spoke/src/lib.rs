@@ -11,14 +11,18 @@
 //! - [`lifecycle`]: the agent (attempt) state machine's table.
 //! - [`events`]: what agents report, stream entries into `Event`s, and cursors.
 //! - [`runner`]: supervised child processes, stop with grace, timeouts, output tail.
+//! - [`output`]: an agent's stdout/stderr into bounded output and structured events.
+//! - [`claude`]: Claude Code `stream-json` lines into events and the run's result.
 //! - [`config`]: `spoke.toml` into a typed [`config::SpokeConfig`].
 
+pub mod claude;
 pub mod command;
 pub mod config;
 pub mod events;
 pub mod grpc;
 pub mod job;
 pub mod lifecycle;
+pub mod output;
 pub mod profile;
 pub mod runner;
 pub mod scheduler;
@@ -68,7 +72,7 @@ pub async fn run(
         .max()
         .unwrap_or_default();
     let (recorder, records) = runner::Recorder::channel();
-    let supervisor = runner::Supervisor::new(recorder);
+    let supervisor = runner::Supervisor::new(recorder, store.clone());
     let scheduler = scheduler::Scheduler::new(
         config.clone(),
         store.clone(),

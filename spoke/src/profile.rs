@@ -156,7 +156,7 @@ mod tests {
             workdir_root: root,
             kill_grace: Duration::from_secs(1),
             concurrency: None,
-            format: crate::config::OutputFormat::Plain,
+            format: crate::output::Format::Plain,
             result_grace: Duration::from_secs(5),
         };
         (dir, [(name, Arc::new(p))].into())

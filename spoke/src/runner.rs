@@ -2,7 +2,11 @@
 //!
 //! A launch starts the plan's program directly (never through a shell) in its own process
 //! group, with a cleared environment plus the plan's variables, stdin closed and stdout/stderr
-//! captured into a bounded tail. One task per attempt owns its process: it records `running`
+//! read by `output::pump` into events (written to the event stream by a writer task per
+//! attempt, all before the attempt's end) and a bounded tail. A Claude Code profile's outcome
+//! is its final `result` line; one that prints no result failed, and one that does not exit
+//! within the profile's grace after its result is stopped. One task per attempt owns its
+//! process: it records `running`
 //! (with the pid and the process's start time, so a later spoke can tell it from a reused pid),
 //! waits for exit, a stop request or the attempt's timeout, and records the attempt's end,
 //! which also moves the job on (done, retry or requeue). Records go through a [`Recorder`] to
@@ -12,7 +16,8 @@
 //! outlives its attempt. This module never decides whether a spawn is allowed (`profile`) or
 //! which job runs next (`scheduler`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,15 +27,23 @@ use mosaic_shared::ids::{AgentId, JobId};
 use mosaic_shared::time::unix_ms;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::claude::ClaudeResult;
+use crate::events::{AgentEvent, MAX_TEXT_BYTES, truncate};
 use crate::job::backoff;
+use crate::output::{self, Format, OutputLimits, Tail};
 use crate::profile::LaunchPlan;
-use crate::store::{AttemptEnd, AttemptRecord, Dispatched, Guarded, Outcome};
+use crate::store::{AttemptEnd, AttemptEvents, AttemptRecord, Dispatched, Guarded, Outcome, Store};
 
-/// How many bytes of combined stdout/stderr an attempt's record keeps.
-pub const OUTPUT_TAIL_BYTES: usize = 4096;
+/// Events of one attempt waiting for its writer; beyond this the pump drops and counts them.
+const EVENT_BUFFER: usize = 1024;
+/// Most events of one attempt written in one call.
+const EVENT_BATCH: usize = 256;
+/// How long an attempt's end waits for its output to be read and its events written.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// Largest artifact whose digest the spoke computes.
+const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
 /// Why a running attempt is being stopped; decides how it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +54,9 @@ pub enum Stop {
     Timeout(Duration),
     /// The spoke is shutting down: the job goes back to the queue without counting a failure.
     Shutdown,
+    /// It printed its final result but did not exit within the profile's grace: the result
+    /// decides the outcome.
+    AfterResult,
 }
 
 struct Handle {
@@ -93,15 +109,18 @@ pub enum KillOutcome {
 /// The attempts this spoke process is supervising.
 pub struct Supervisor {
     recorder: Recorder,
+    /// Where attempts' events are written.
+    store: Store,
     /// Held only to insert, look up or remove a handle; never across an await. An attempt is
     /// here, holding a slot, from launch until its end is written.
     running: Mutex<HashMap<AgentId, Handle>>,
 }
 
 impl Supervisor {
-    pub fn new(recorder: Recorder) -> Arc<Self> {
+    pub fn new(recorder: Recorder, store: Store) -> Arc<Self> {
         Arc::new(Supervisor {
             recorder,
+            store,
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -124,9 +143,10 @@ impl Supervisor {
                 },
             );
         let recorder = self.recorder.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             let ended = match plan {
-                Ok(plan) => run(&plan, &d, &recorder, stop_rx).await,
+                Ok(plan) => run(&plan, &d, &recorder, &store, stop_rx).await,
                 Err(error) => Ended::failed(error),
             };
             record_end(&recorder, &d, ended).await;
@@ -288,6 +308,8 @@ impl Ended {
                 format!("timed out after {} ms", t.as_millis()),
             ),
             Stop::Shutdown => (Outcome::Interrupted, "spoke shutting down".to_owned()),
+            // Replaced by the result's outcome (see `run`).
+            Stop::AfterResult => (Outcome::Failed, String::new()),
         };
         Ended {
             outcome,
@@ -300,6 +322,7 @@ async fn run(
     plan: &LaunchPlan,
     d: &Dispatched,
     recorder: &Recorder,
+    store: &Store,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Ended {
     if let Some(why) = stop.borrow().clone() {
@@ -342,11 +365,34 @@ async fn run(
     let started = process_start_time(pid).unwrap_or(0);
     tracing::info!(job = %d.job_id, agent = %d.agent_id, attempt = d.attempt, pid, program = %program.display(), "attempt started");
 
+    // Output: the pump reads both pipes into events and the tail; the writer stores the
+    // events. Both end when the pipes close, and the end is recorded only after them.
     let tail = Arc::new(Mutex::new(Tail::default()));
-    let readers = [
-        child.stdout.take().map(|s| spawn_reader(s, tail.clone())),
-        child.stderr.take().map(|s| spawn_reader(s, tail.clone())),
-    ];
+    let (result_tx, mut result_rx) = watch::channel::<Option<ClaudeResult>>(None);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+    let format = plan.profile.format;
+    let pump = tokio::spawn(output::pump(
+        child.stdout.take().expect("stdout is piped"),
+        child.stderr.take().expect("stderr is piped"),
+        format,
+        OutputLimits::default(),
+        events_tx,
+        tail.clone(),
+        result_tx,
+    ));
+    let writer = tokio::spawn(write_events(
+        store.clone(),
+        d.clone(),
+        plan.workdir.clone(),
+        events_rx,
+    ));
+    let output = Output {
+        pump,
+        writer,
+        tail,
+        result: result_rx.clone(),
+        format,
+    };
 
     // The running record is written while the process runs; an end that comes first waits
     // behind it in the recorder's queue, so the two are written in order.
@@ -359,6 +405,9 @@ async fn run(
     }));
     let timeout = d.attempt_timeout;
     let deadline = timeout.map(|t| Instant::now() + t);
+    // Set once a Claude Code agent has printed its result: it must exit by then.
+    let mut result_deadline: Option<Instant> = None;
+    let mut awaiting_result = format == Format::ClaudeStreamJson;
     let why = loop {
         tokio::select! {
             written = async { running.as_mut().expect("guarded by the branch condition").await },
@@ -369,13 +418,14 @@ async fn run(
                     // We cannot record that it runs, so it must not run.
                     signal_group(group, Signal::SIGKILL);
                     let _ = child.wait().await;
+                    let _ = output.finish().await;
                     return Ended::failed(format!("cannot record attempt as running: {written:?}"));
                 }
             }
             status = child.wait() => {
                 signal_group(group, Signal::SIGKILL);
-                let tail = collect_tail(readers, &tail).await;
-                return exited(status, tail);
+                let (tail, result) = output.finish().await;
+                return exited(status, tail, format, result);
             }
             // Clone inside the future: a watch guard must not live across the select's awaits.
             why = async { stop.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
@@ -387,6 +437,23 @@ async fn run(
                     None => std::future::pending().await,
                 }
             } => break Stop::Timeout(timeout.unwrap_or_default()),
+            // Only whether it happened leaves the future: a watch guard is not Send.
+            got = async { result_rx.wait_for(Option::is_some).await.is_ok() },
+                if awaiting_result =>
+            {
+                // Either way there is nothing more to wait for: a result, or a pump that
+                // ended without one (the exit decides then).
+                awaiting_result = false;
+                if got {
+                    result_deadline = Some(Instant::now() + plan.profile.result_grace);
+                }
+            }
+            () = async {
+                match result_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => break Stop::AfterResult,
         }
     };
     tracing::info!(agent = %d.agent_id, pid, ?why, "stopping attempt's process group");
@@ -400,7 +467,15 @@ async fn run(
         }
     };
     signal_group(group, Signal::SIGKILL);
-    let output_tail = collect_tail(readers, &tail).await;
+    let (output_tail, result) = output.finish().await;
+    if why == Stop::AfterResult {
+        let mut ended = exited(status, output_tail, format, result);
+        if ended.outcome == Outcome::Completed {
+            // The result said success; that it had to be stopped is not a failure.
+            ended.exit_code = None;
+        }
+        return ended;
+    }
     let status = status.ok();
     Ended {
         signal: status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
@@ -410,7 +485,140 @@ async fn run(
     }
 }
 
-fn exited(status: std::io::Result<std::process::ExitStatus>, output_tail: String) -> Ended {
+/// The output side of a running attempt.
+struct Output {
+    pump: tokio::task::JoinHandle<output::PumpEnd>,
+    writer: tokio::task::JoinHandle<()>,
+    tail: Arc<Mutex<Tail>>,
+    result: watch::Receiver<Option<ClaudeResult>>,
+    format: Format,
+}
+
+impl Output {
+    /// Waits (bounded) for the pipes to be read to their end and the events to be written;
+    /// returns the tail and, for Claude Code, its last result.
+    async fn finish(self) -> (String, Option<ClaudeResult>) {
+        // The group was SIGKILLed, so the pipes close promptly; bound the wait regardless (a
+        // process that left the group could hold them open).
+        let drained = async {
+            if let Ok(end) = self.pump.await
+                && (end.dropped_lines > 0 || end.events_undelivered > 0)
+            {
+                tracing::info!(
+                    dropped_lines = end.dropped_lines,
+                    dropped_bytes = end.dropped_bytes,
+                    undelivered = end.events_undelivered,
+                    "agent output over its budget was dropped"
+                );
+            }
+            let _ = self.writer.await;
+        };
+        if tokio::time::timeout(OUTPUT_DRAIN, drained).await.is_err() {
+            tracing::warn!("agent output not drained in time; ending the attempt without the rest");
+        }
+        let tail = self.tail.lock().expect("tail poisoned").text();
+        let result = match self.format {
+            Format::ClaudeStreamJson => self.result.borrow().clone(),
+            Format::Plain => None,
+        };
+        (tail, result)
+    }
+}
+
+/// Writes one attempt's events in order, in batches, until its pump ends. An artifact's
+/// digest is computed here, from the file, never taken from the agent.
+async fn write_events(
+    store: Store,
+    d: Dispatched,
+    workdir: std::path::PathBuf,
+    mut events: mpsc::Receiver<AgentEvent>,
+) {
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    while events.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+        let mut stamped = Vec::with_capacity(batch.len());
+        for event in batch.drain(..) {
+            let event = match event {
+                AgentEvent::ArtifactReported { path } => match artifact(&workdir, &path).await {
+                    Ok(created) => created,
+                    Err(why) => AgentEvent::Output {
+                        stream: crate::events::OutputStream::Stderr,
+                        step: String::new(),
+                        text: truncate(
+                            format!("artifact {path} not recorded: {why}"),
+                            MAX_TEXT_BYTES,
+                        ),
+                        lines: 1,
+                        partial: false,
+                        dropped_lines: 0,
+                        dropped_bytes: 0,
+                    },
+                },
+                other => other,
+            };
+            stamped.push((unix_ms(), event));
+        }
+        let write = [AttemptEvents {
+            job: d.job_id.clone(),
+            agent: d.agent_id.clone(),
+            events: stamped,
+        }];
+        match store.append_events(&write).await {
+            Ok(live) if live.first() == Some(&false) => {
+                tracing::warn!(agent = %d.agent_id, "events of an attempt that is no longer live were dropped");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(agent = %d.agent_id, error = %e, "cannot write agent events; dropping this batch");
+            }
+        }
+    }
+}
+
+/// The artifact an agent reported at `path` (relative to its working directory): its
+/// digest and size, if it is a regular file inside the working directory.
+async fn artifact(workdir: &Path, path: &str) -> Result<AgentEvent, String> {
+    let root = tokio::fs::canonicalize(workdir)
+        .await
+        .map_err(|e| format!("working directory: {e}"))?;
+    let file = tokio::fs::canonicalize(root.join(path))
+        .await
+        .map_err(|e| e.to_string())?;
+    // A symlink must not lead the spoke to read (and reveal digests of) files elsewhere.
+    if !file.starts_with(&root) {
+        return Err("it resolves outside the working directory".into());
+    }
+    let meta = tokio::fs::metadata(&file)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_ARTIFACT_BYTES {
+        return Err(format!("larger than {MAX_ARTIFACT_BYTES} bytes"));
+    }
+    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+        use sha2::Digest as _;
+        let mut f = std::fs::File::open(&file)?;
+        let mut h = sha2::Sha256::new();
+        let n = std::io::copy(&mut f, &mut h)?;
+        Ok((hex::encode(h.finalize()), n))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(AgentEvent::ArtifactCreated {
+        path: path.to_owned(),
+        digest: format!("sha256:{}", digest.0),
+        size_bytes: digest.1,
+    })
+}
+
+fn exited(
+    status: std::io::Result<std::process::ExitStatus>,
+    output_tail: String,
+    format: Format,
+    result: Option<ClaudeResult>,
+) -> Ended {
     let status = match status {
         Ok(s) => s,
         Err(e) => return Ended::failed(format!("cannot wait for the attempt: {e}")),
@@ -421,6 +629,26 @@ fn exited(status: std::io::Result<std::process::ExitStatus>, output_tail: String
         (Some(code), _) => (Outcome::Failed, format!("exited with code {code}")),
         (None, Some(sig)) => (Outcome::Failed, format!("terminated by signal {sig}")),
         (None, None) => (Outcome::Failed, "ended without an exit status".into()),
+    };
+    // A Claude Code run is judged by its result line, not its exit status alone.
+    let (outcome, error) = match (format, result) {
+        (Format::Plain, _) => (outcome, error),
+        (Format::ClaudeStreamJson, None) => (
+            Outcome::Failed,
+            if error.is_empty() {
+                "claude exited without a result line".to_owned()
+            } else {
+                format!("claude exited without a result line ({error})")
+            },
+        ),
+        (Format::ClaudeStreamJson, Some(r)) if r.succeeded() => (Outcome::Completed, String::new()),
+        (Format::ClaudeStreamJson, Some(r)) => (
+            Outcome::Failed,
+            truncate(
+                format!("claude reported an error ({}): {}", r.subtype, r.text),
+                MAX_TEXT_BYTES,
+            ),
+        ),
     };
     Ended {
         outcome,
@@ -464,66 +692,9 @@ pub fn is_same_live_process(pid: u32, start: u64) -> bool {
     state != "Z" && started == Some(start)
 }
 
-/// The last [`OUTPUT_TAIL_BYTES`] of what an attempt wrote.
-#[derive(Default)]
-struct Tail(VecDeque<u8>);
-
-impl Tail {
-    fn push(&mut self, bytes: &[u8]) {
-        let keep = bytes.len().min(OUTPUT_TAIL_BYTES);
-        self.0.extend(&bytes[bytes.len() - keep..]);
-        let excess = self.0.len().saturating_sub(OUTPUT_TAIL_BYTES);
-        self.0.drain(..excess);
-    }
-}
-
-fn spawn_reader(
-    mut stream: impl AsyncRead + Unpin + Send + 'static,
-    tail: Arc<Mutex<Tail>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            tail.lock().expect("tail poisoned").push(&buf[..n]);
-        }
-    })
-}
-
-async fn collect_tail(
-    readers: [Option<tokio::task::JoinHandle<()>>; 2],
-    tail: &Mutex<Tail>,
-) -> String {
-    for r in readers.into_iter().flatten() {
-        // The group was SIGKILLed, so the pipes close promptly; bound the wait regardless.
-        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
-    }
-    let bytes: Vec<u8> = tail
-        .lock()
-        .expect("tail poisoned")
-        .0
-        .iter()
-        .copied()
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut t = Tail::default();
-        t.push(&vec![b'a'; OUTPUT_TAIL_BYTES - 1]);
-        t.push(b"xyz");
-        assert_eq!(t.0.len(), OUTPUT_TAIL_BYTES);
-        assert!(t.0.iter().rev().take(3).eq(b"zyx".iter()));
-        t.push(&vec![b'b'; OUTPUT_TAIL_BYTES * 3]);
-        assert!(t.0.iter().all(|&b| b == b'b'));
-    }
 
     #[test]
     fn identifies_this_process_by_pid_and_start_time() {

@@ -58,6 +58,8 @@ pub struct ProfileSpec {
     pub kill_grace_ms: u64,
     /// Most attempts of this profile at once (`None`: only the spoke-wide limit).
     pub concurrency: Option<usize>,
+    /// More `key = value` lines for the profile's table (e.g. `format = "claude-stream-json"`).
+    pub extra: Vec<String>,
 }
 
 /// Profiles every test spoke offers: `echo`, `true`, and `sh` (a shell: the hub passes the
@@ -69,6 +71,7 @@ pub fn default_profiles() -> BTreeMap<String, ProfileSpec> {
         allowed_env: vec!["GREETING".into()],
         kill_grace_ms: 1000,
         concurrency: None,
+        extra: Vec::new(),
     };
     [
         ("echo".to_string(), p("/bin/echo", &[])),
@@ -204,6 +207,11 @@ impl Federation {
 
     pub fn spoke_addr(&self, id: &str) -> SocketAddr {
         self.spokes[id].addr.expect("spoke ready")
+    }
+
+    /// The spoke process's pid.
+    pub fn spoke_pid(&self, id: &str) -> u32 {
+        self.spokes[id].child.id()
     }
 
     /// The spoke's log so far, for assertions and failure messages.
@@ -459,6 +467,17 @@ impl Federation {
         client: &SpokeClient,
         action: pb::command::Action,
     ) -> (mosaic_hub::spokes::Receipt, pb::JobStatus) {
+        self.run_to_end_within(client, action, Duration::from_secs(10))
+            .await
+    }
+
+    /// As [`Federation::run_to_end`], waiting up to `within` for the job to end.
+    pub async fn run_to_end_within(
+        &self,
+        client: &SpokeClient,
+        action: pb::command::Action,
+        within: Duration,
+    ) -> (mosaic_hub::spokes::Receipt, pb::JobStatus) {
         let receipt = client
             .execute(&self.hub.signer, action)
             .await
@@ -467,7 +486,7 @@ impl Federation {
             &self.hub,
             client,
             &job_of(&receipt).job_id,
-            Duration::from_secs(10),
+            within,
             terminal,
         )
         .await
@@ -654,6 +673,10 @@ fn spoke_toml(
         ));
         if let Some(c) = p.concurrency {
             s.push_str(&format!("concurrency = {c}\n"));
+        }
+        for line in &p.extra {
+            s.push_str(line);
+            s.push('\n');
         }
     }
     if !queue.is_empty() {

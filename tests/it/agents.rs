@@ -153,6 +153,7 @@ async fn a_program_that_cannot_start_fails_from_spawning() {
                 allowed_env: vec![],
                 kill_grace_ms: 100,
                 concurrency: None,
+                extra: vec![],
             },
         )
         .start()

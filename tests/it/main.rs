@@ -5,5 +5,6 @@ mod agents;
 mod cli;
 mod events;
 mod hostile;
+mod output;
 mod queue;
 mod scheduler;
