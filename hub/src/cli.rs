@@ -23,6 +23,7 @@ use crate::spokes::{Receipt, SpokeClient, SpokeError};
 const EXAMPLES: &str = "\
 Examples:
   mosaic-hub dev                                   start a local federation (Valkey, hub, two spokes)
+  mosaic-hub -c hub.toml serve                     serve the admin API and follow the spokes' events
   mosaic-hub keygen --out keys/hub                 write keys/hub.pem and keys/hub.pub.pem
   mosaic-hub certs init --out pki --trust-domain mosaic.local --hub hub --spoke spoke-a
   mosaic-hub -c hub.toml spawn --spoke spoke-a --profile echo --workspace demo --wait -- hello
@@ -76,6 +77,9 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the admin API and follow every spoke's events into the hub's log, until SIGINT or
+    /// SIGTERM. Needs listen, valkey_url and tokens in hub.toml.
+    Serve,
     /// Run a local federation: a Valkey, a hub identity and two spokes, with a demo, until Ctrl-C.
     Dev(crate::dev::DevArgs),
     /// Generate an ed25519 signing key pair (PKCS#8 PEM, private key mode 0600).
@@ -294,6 +298,20 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             code: 1,
             message: format!("{e:#}"),
         }),
+        Command::Serve => {
+            let config = load_config(cli.config, env)?;
+            let listen = match &config.serve {
+                Ok(s) => s.listen,
+                Err(e) => return Err(e.to_string().into()),
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            crate::server::run(config, listener, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token(TokenCommand::New {
             name,
             role,
@@ -799,4 +817,14 @@ pub fn timestamp(ms: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

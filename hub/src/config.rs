@@ -2,6 +2,7 @@
 //! [`HubConfig`]. Paths resolve against the file's directory; key and certificate files are
 //! loaded here so a bad file fails at start with the key named.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +26,51 @@ struct Raw {
     tls: TlsPaths,
     #[serde(default)]
     spokes: Vec<RawSpoke>,
+    /// Where `serve` answers the admin API (gRPC over TLS with the hub's certificate).
+    listen: Option<SocketAddr>,
+    /// The hub's own Valkey (event log, upstream cursors, job snapshots).
+    valkey_url: Option<String>,
+    /// The admin API's tokens file (see `auth`).
+    tokens: Option<PathBuf>,
+    #[serde(default)]
+    events: RawEvents,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEvents {
+    retain_max: u64,
+    retain_ms: u64,
+    subscriber_buffer: usize,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            retain_max: 1_000_000,
+            retain_ms: 24 * 3_600_000,
+            subscriber_buffer: 4096,
+        }
+    }
+}
+
+/// The hub's event log: what clients can resume from, and how far one may fall behind.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// At most this many events are kept ...
+    pub retain_max: u64,
+    /// ... and none older than this.
+    pub retain: Duration,
+    /// Events a watcher may be behind the newest before it is ended with `resync_required`.
+    pub subscriber_buffer: usize,
+}
+
+/// What `mosaic-hub serve` needs beyond what the client verbs need.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub valkey_url: String,
+    pub tokens: PathBuf,
 }
 
 fn default_command_ttl_ms() -> u64 {
@@ -60,6 +106,9 @@ pub struct HubConfig {
     pub request_timeout: Duration,
     pub tls: TlsMaterial,
     pub spokes: Vec<SpokeEntry>,
+    /// Set when the file has what `serve` needs; `serve` reports what is missing otherwise.
+    pub serve: Result<ServeConfig, ConfigError>,
+    pub events: EventsConfig,
 }
 
 impl HubConfig {
@@ -89,6 +138,46 @@ impl HubConfig {
         let own = SpiffeId::new(&raw.trust_domain, Role::Hub, raw.hub_id.as_str());
         let tls = TlsMaterial::load_as(&raw.tls.resolved(base), &own)
             .map_err(|e| invalid(e.field(), e.to_string()))?;
+        let e = raw.events;
+        if !(1_000..=100_000_000).contains(&e.retain_max) {
+            return Err(invalid(
+                "events.retain_max",
+                "must be between 1000 and 100000000".into(),
+            ));
+        }
+        if !(60_000..=365 * 24 * 3_600_000).contains(&e.retain_ms) {
+            return Err(invalid(
+                "events.retain_ms",
+                "must be between 60000 (a minute) and 31536000000 (a year)".into(),
+            ));
+        }
+        if !(16..=1_000_000).contains(&e.subscriber_buffer) {
+            return Err(invalid(
+                "events.subscriber_buffer",
+                "must be between 16 and 1000000".into(),
+            ));
+        }
+        let missing =
+            |field: &str, what: &str| invalid(field, format!("not set; `serve` needs {what}"));
+        let serve = match (raw.listen, env.valkey_url().or(raw.valkey_url), raw.tokens) {
+            (None, _, _) => Err(missing(
+                "listen",
+                "the admin API's address, e.g. listen = \"127.0.0.1:7443\"",
+            )),
+            (_, None, _) => Err(missing(
+                "valkey_url",
+                "the hub's own Valkey (or MOSAIC_VALKEY_URL)",
+            )),
+            (_, _, None) => Err(missing(
+                "tokens",
+                "the admin API's tokens file (see `mosaic-hub token new`)",
+            )),
+            (Some(listen), Some(valkey_url), Some(tokens)) => Ok(ServeConfig {
+                listen,
+                valkey_url,
+                tokens: config::resolve(base, &tokens),
+            }),
+        };
         let mut spokes: Vec<SpokeEntry> = Vec::new();
         for (i, s) in raw.spokes.into_iter().enumerate() {
             if spokes.iter().any(|e| e.id == s.id) {
@@ -116,6 +205,12 @@ impl HubConfig {
             request_timeout: Duration::from_millis(raw.request_timeout_ms),
             tls,
             spokes,
+            serve,
+            events: EventsConfig {
+                retain_max: e.retain_max,
+                retain: Duration::from_millis(e.retain_ms),
+                subscriber_buffer: e.subscriber_buffer,
+            },
         })
     }
 

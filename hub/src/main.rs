@@ -13,6 +13,7 @@ async fn main() -> ExitCode {
     // Client verbs print results on stdout; only warnings belong on stderr by default.
     let default_filter = match cli.command {
         Command::Dev(_) => "warn,mosaic_spoke=warn",
+        Command::Serve => "info",
         _ => "warn",
     };
     mosaic_shared::telemetry::init(&env, default_filter);

@@ -318,7 +318,37 @@ impl TlsMaterial {
 
     /// The identity in this process's own certificate.
     pub fn own_identity(&self) -> Result<SpiffeId, IdentityError> {
-        identity_of(&self.chain[0])
+        identity_of(self.chain.first().ok_or(IdentityError::NoCertificate)?)
+    }
+
+    /// Only a CA bundle to check servers against, and no certificate of our own: for admin
+    /// clients, which authenticate by token.
+    pub fn trust_only(ca: &Path) -> Result<Self, TlsError> {
+        let ca_pem = read("CA bundle", ca)?;
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+            let cert = cert.map_err(|_| TlsError::Empty {
+                what: "CA bundle",
+                path: ca.to_owned(),
+                expect: "certificates",
+            })?;
+            roots.add(cert)?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Empty {
+                what: "CA bundle",
+                path: ca.to_owned(),
+                expect: "certificates",
+            });
+        }
+        Ok(TlsMaterial {
+            cert_pem: Vec::new(),
+            key_pem: Vec::new(),
+            ca_pem,
+            chain: Vec::new(),
+            key: None,
+            roots: Arc::new(roots),
+        })
     }
 
     /// tonic server TLS: present our chain; require a client certificate chaining to the CA.
@@ -329,6 +359,15 @@ impl TlsMaterial {
                 &self.key_pem,
             ))
             .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// tonic server TLS for clients that authenticate otherwise (the hub's admin API, by
+    /// bearer token): present our chain, ask for no client certificate.
+    pub fn server_config_without_client_auth(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+            &self.cert_pem,
+            &self.key_pem,
+        ))
     }
 
     fn client_config(&self, expected: SpiffeId) -> Result<rustls::ClientConfig, TlsError> {
@@ -475,6 +514,10 @@ pub async fn connect(
         })?
         .connect_timeout(options.connect_timeout)
         .timeout(options.request_timeout)
+        // A long-lived stream (events) must notice a peer that vanished without a word.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let target = address.to_owned();
     let dial = tower::service_fn(move |_: tonic::codegen::http::Uri| {

@@ -88,11 +88,36 @@ pub struct FederationBuilder {
     queue: Vec<String>,
     /// Valkey with an append-only file (fsync always), so that it can be restarted.
     persistent: bool,
+    /// Run `mosaic-hub serve` too.
+    hub_server: bool,
+    /// Extra lines for hub.toml's `[events]` table.
+    hub_events: Vec<String>,
+    /// Spokes the hub reaches through a fault-injecting proxy.
+    proxied: Vec<String>,
 }
 
 impl FederationBuilder {
     pub fn spoke(mut self, id: &str) -> Self {
         self.spokes.push(id.to_owned());
+        self
+    }
+
+    /// Also runs the hub as a server (`mosaic-hub serve`) with a tokens file holding
+    /// [`TOKENS`].
+    pub fn hub_server(mut self) -> Self {
+        self.hub_server = true;
+        self
+    }
+
+    /// A `key = value` line for hub.toml's `[events]` table.
+    pub fn hub_events(mut self, key: &str, value: &str) -> Self {
+        self.hub_events.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// The hub reaches this spoke through a [`proxy::FaultProxy`] (see [`Federation::proxy`]).
+    pub fn via_proxy(mut self, spoke: &str) -> Self {
+        self.proxied.push(spoke.to_owned());
         self
     }
 
@@ -156,24 +181,63 @@ impl FederationBuilder {
                 &config,
                 spoke_toml(id, &root, &valkey.url(), &self.profiles, &self.queue),
             )?;
-            let process = SpokeProcess::start(id, &config, &root)?;
+            let process =
+                SpokeProcess::start("mosaic-spoke", &["serve", "--config"], &config, id, &root)?;
             spokes.insert(id.clone(), process);
         }
         for p in spokes.values_mut() {
             p.wait_ready()?;
         }
+        let mut proxies = BTreeMap::new();
+        for id in &self.proxied {
+            let spoke = spokes
+                .get(id)
+                .and_then(|p| p.addr)
+                .context("proxied spoke")?;
+            proxies.insert(id.clone(), proxy::FaultProxy::start(spoke)?);
+        }
         let hub_path = root.join("hub.toml");
-        std::fs::write(&hub_path, hub_toml(HUB, &spokes))?;
+        let tokens = if self.hub_server {
+            write_tokens(&root.join("tokens.toml"))?
+        } else {
+            BTreeMap::new()
+        };
+        let server = self.hub_server.then(|| HubServer {
+            valkey_url: valkey.url(),
+            events: self.hub_events.clone(),
+        });
+        let dialled = addresses(&spokes, &proxies);
+        std::fs::write(&hub_path, hub_toml(HUB, &dialled, server.as_ref()))?;
         let hub = HubConfig::load(&hub_path, &Env::default())?;
-        Ok(Federation {
+        // The test's own commands go straight to the spokes, never through a proxy.
+        let direct = if proxies.is_empty() {
+            None
+        } else {
+            let path = root.join("hub-direct.toml");
+            std::fs::write(
+                &path,
+                hub_toml(HUB, &addresses(&spokes, &BTreeMap::new()), None),
+            )?;
+            Some(HubConfig::load(&path, &Env::default())?)
+        };
+        let mut fed = Federation {
             dir,
             valkey: Some(valkey),
             valkey_bin,
             valkey_args: valkey_args.into_iter().map(String::from).collect(),
             hub,
             hub_path,
+            direct,
             spokes,
-        })
+            proxies,
+            hub_server: server,
+            hub_process: None,
+            tokens,
+        };
+        if fed.hub_server.is_some() {
+            fed.start_hub()?;
+        }
+        Ok(fed)
     }
 }
 
@@ -184,7 +248,64 @@ pub struct Federation {
     valkey_args: Vec<String>,
     pub hub: HubConfig,
     pub hub_path: PathBuf,
+    /// The hub config with the spokes' own addresses when some are behind proxies.
+    direct: Option<HubConfig>,
     spokes: BTreeMap<String, SpokeProcess>,
+    proxies: BTreeMap<String, proxy::FaultProxy>,
+    hub_server: Option<HubServer>,
+    hub_process: Option<SpokeProcess>,
+    /// Admin API tokens by name (see [`TOKENS`]).
+    tokens: BTreeMap<String, String>,
+}
+
+/// What hub.toml needs for `serve`.
+#[derive(Clone)]
+struct HubServer {
+    valkey_url: String,
+    events: Vec<String>,
+}
+
+/// The admin API tokens a hub server's tokens file holds: name, role, workspaces.
+pub const TOKENS: [(&str, &str, &[&str]); 4] = [
+    ("admin", "admin", &["*"]),
+    ("operator", "operator", &["ws-test"]),
+    ("viewer", "viewer", &["ws-test"]),
+    ("other", "operator", &["ws-other"]),
+];
+
+fn write_tokens(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    use mosaic_hub::auth;
+    let mut file = String::new();
+    let mut tokens = BTreeMap::new();
+    for (name, role, workspaces) in TOKENS {
+        let t = auth::new_token(
+            name.parse()?,
+            role.parse()?,
+            auth::WorkspaceScope::parse(workspaces.iter().copied())?,
+        )?;
+        file.push_str(&t.toml_entry());
+        file.push('\n');
+        tokens.insert(name.to_owned(), t.token().to_owned());
+    }
+    std::fs::write(path, file)?;
+    Ok(tokens)
+}
+
+/// Each spoke's address as the hub dials it: its own, or its proxy's.
+fn addresses(
+    spokes: &BTreeMap<String, SpokeProcess>,
+    proxies: &BTreeMap<String, proxy::FaultProxy>,
+) -> Vec<(String, SocketAddr)> {
+    spokes
+        .iter()
+        .map(|(id, p)| {
+            let addr = proxies
+                .get(id)
+                .map(|x| x.addr())
+                .unwrap_or_else(|| p.addr.expect("spoke ready"));
+            (id.clone(), addr)
+        })
+        .collect()
 }
 
 impl Federation {
@@ -194,6 +315,9 @@ impl Federation {
             profiles: default_profiles(),
             queue: Vec::new(),
             persistent: false,
+            hub_server: false,
+            hub_events: Vec::new(),
+            proxied: Vec::new(),
         }
     }
 
@@ -226,7 +350,8 @@ impl Federation {
 
     /// A hub client for `spoke`, dialled with the hub's real config.
     pub async fn client(&self, spoke: &str) -> anyhow::Result<SpokeClient> {
-        Ok(SpokeClient::connect(&self.hub, &spoke.parse()?).await?)
+        let config = self.direct.as_ref().unwrap_or(&self.hub);
+        Ok(SpokeClient::connect(config, &spoke.parse()?).await?)
     }
 
     /// TLS material of a hub identity from this federation's PKI.
@@ -341,14 +466,90 @@ impl Federation {
 
     /// Starts the spoke again (after `kill_spoke` or `kill_spoke_gracefully`) with the same
     /// config, and points the hub config at its new address. Each start logs to its own file.
+    /// Starts the spoke again on the address it had, so that a running hub finds it.
     pub fn restart_spoke(&mut self, id: &str) -> anyhow::Result<()> {
         let root = self.dir().to_owned();
-        let mut process = SpokeProcess::start(id, &root.join(format!("{id}.toml")), &root)?;
+        let path = root.join(format!("{id}.toml"));
+        if let Some(addr) = self.spokes.get(id).and_then(|p| p.addr) {
+            let text = std::fs::read_to_string(&path)?;
+            std::fs::write(
+                &path,
+                text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
+            )?;
+        }
+        let mut process =
+            SpokeProcess::start("mosaic-spoke", &["serve", "--config"], &path, id, &root)?;
         process.wait_ready()?;
         self.spokes.insert(id.to_owned(), process);
-        std::fs::write(&self.hub_path, hub_toml(HUB, &self.spokes))?;
-        self.hub = HubConfig::load(&self.hub_path, &Env::default())?;
         Ok(())
+    }
+
+    fn start_hub(&mut self) -> anyhow::Result<()> {
+        let root = self.dir().to_owned();
+        let mut process = SpokeProcess::start(
+            "mosaic-hub",
+            &["serve", "--config"],
+            &self.hub_path,
+            "hub",
+            &root,
+        )?;
+        process.wait_ready()?;
+        self.hub_process = Some(process);
+        Ok(())
+    }
+
+    /// Kills the hub server with SIGKILL.
+    pub fn kill_hub(&mut self) {
+        if let Some(mut p) = self.hub_process.take() {
+            p.kill_hard();
+        }
+    }
+
+    /// Starts the hub server again (on a new port: see [`Federation::hub_addr`]).
+    pub fn restart_hub(&mut self) -> anyhow::Result<()> {
+        self.kill_hub();
+        self.start_hub()
+    }
+
+    /// The hub server's admin API address.
+    pub fn hub_addr(&self) -> SocketAddr {
+        self.hub_process
+            .as_ref()
+            .and_then(|p| p.addr)
+            .expect("hub server running")
+    }
+
+    /// The hub server's log so far.
+    pub fn hub_log(&self) -> String {
+        self.hub_process
+            .as_ref()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// An admin API token of the hub server's tokens file (see [`TOKENS`]).
+    pub fn token(&self, name: &str) -> String {
+        self.tokens[name].clone()
+    }
+
+    /// The proxy between the hub and `spoke` (see [`FederationBuilder::via_proxy`]).
+    pub fn proxy(&self, spoke: &str) -> &proxy::FaultProxy {
+        &self.proxies[spoke]
+    }
+
+    /// An admin API client of the hub server, checking its identity against the CA.
+    pub async fn admin(
+        &self,
+    ) -> anyhow::Result<mosaic_shared::pb::admin::v1::admin_client::AdminClient<Channel>> {
+        let trust = TlsMaterial::trust_only(&self.dir().join("pki").join(certs::CA_CERT))?;
+        let channel = tls::connect(
+            &self.hub_addr().to_string(),
+            SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB),
+            &trust,
+            DialOptions::default(),
+        )
+        .await?;
+        Ok(mosaic_shared::pb::admin::v1::admin_client::AdminClient::new(channel))
     }
 }
 
@@ -543,7 +744,14 @@ struct SpokeProcess {
 }
 
 impl SpokeProcess {
-    fn start(id: &str, config: &Path, root: &Path) -> anyhow::Result<Self> {
+    /// Starts `binary` with `args` then `config`, logging to `<name>.log` in `root`.
+    fn start(
+        binary_name: &str,
+        args: &[&str],
+        config: &Path,
+        id: &str,
+        root: &Path,
+    ) -> anyhow::Result<Self> {
         // `a.log` for the first start, then `a.1.log`, `a.2.log`, … for restarts.
         let log = (0..)
             .map(|n| match n {
@@ -553,22 +761,22 @@ impl SpokeProcess {
             .find(|p| !p.exists())
             .expect("a free log name");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(binary("mosaic-spoke"))
-            .args(["serve", "--config"])
+        let child = Command::new(binary(binary_name))
+            .args(args)
             .arg(config)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("MOSAIC_LOG_FORMAT", "json")
             .env(
                 "MOSAIC_LOG",
-                "info,tonic::transport::server::io_stream=debug,mosaic_spoke::store=debug",
+                "info,tonic::transport::server::io_stream=debug,mosaic_spoke::store=debug,mosaic_hub=debug",
             )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .process_group(0)
             .spawn()
-            .context("cannot start mosaic-spoke")?;
+            .with_context(|| format!("cannot start {binary_name}"))?;
         Ok(SpokeProcess {
             child,
             log,
@@ -585,17 +793,18 @@ impl SpokeProcess {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
                 };
-                if v["fields"]["message"] == "spoke serving" {
+                let message = &v["fields"]["message"];
+                if message == "spoke serving" || message == "hub serving the admin API" {
                     let addr = v["fields"]["addr"].as_str().unwrap_or_default();
                     self.addr = Some(addr.parse().with_context(|| format!("addr {addr:?}"))?);
                     return Ok(());
                 }
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("mosaic-spoke exited with {status} before it was ready:\n{text}");
+                bail!("the process exited with {status} before it was ready:\n{text}");
             }
             if Instant::now() > deadline {
-                bail!("mosaic-spoke not ready after 20 s:\n{text}");
+                bail!("the process is not ready after 20 s:\n{text}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -689,7 +898,7 @@ fn spoke_toml(
     s
 }
 
-fn hub_toml(hub: &str, spokes: &BTreeMap<String, SpokeProcess>) -> String {
+fn hub_toml(hub: &str, spokes: &[(String, SocketAddr)], server: Option<&HubServer>) -> String {
     let mut s = format!(
         "hub_id = {h}\ntrust_domain = {td}\nsigning_key = \"keys/{hub}.pem\"\n\n[tls]\n\
          cert = \"pki/{cert}\"\nkey = \"pki/{key}\"\nca = \"pki/{ca}\"\n",
@@ -699,12 +908,24 @@ fn hub_toml(hub: &str, spokes: &BTreeMap<String, SpokeProcess>) -> String {
         key = certs::key_file(Role::Hub, hub),
         ca = certs::CA_CERT,
     );
-    for (id, p) in spokes {
+    if let Some(server) = server {
+        s = format!(
+            "listen = \"127.0.0.1:0\"\nvalkey_url = {}\ntokens = \"tokens.toml\"\n{s}",
+            q(&server.valkey_url)
+        );
+    }
+    for (id, addr) in spokes {
         s.push_str(&format!(
-            "\n[[spokes]]\nid = {}\naddress = \"{}\"\nreceipt_key = \"keys/{id}.pub.pem\"\n",
+            "\n[[spokes]]\nid = {}\naddress = \"{addr}\"\nreceipt_key = \"keys/{id}.pub.pem\"\n",
             q(id),
-            p.addr.expect("spoke ready")
         ));
+    }
+    if let Some(server) = server.filter(|s| !s.events.is_empty()) {
+        s.push_str("\n[events]\n");
+        for line in &server.events {
+            s.push_str(line);
+            s.push('\n');
+        }
     }
     s
 }

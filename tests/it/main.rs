@@ -8,3 +8,4 @@ mod hostile;
 mod output;
 mod queue;
 mod scheduler;
+mod watch;

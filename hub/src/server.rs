@@ -1,0 +1,135 @@
+//! `mosaic-hub serve`: the hub as a long-running server.
+//!
+//! Wires the parts together: the tokens file (reloaded on change), the hub's Valkey, one
+//! event upstream per spoke, the log's fan-out to watchers, retention, and the admin API on
+//! its listener. Shutdown is an argument: when it resolves, the admin API stops accepting,
+//! open watches end with `unavailable`, and the upstreams stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mosaic_shared::pb::admin::v1::admin_server::AdminServer;
+use mosaic_shared::time::unix_ms;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+
+use crate::admin::AdminService;
+use crate::auth::TokenStore;
+use crate::config::HubConfig;
+use crate::fanout::Fanout;
+use crate::store::HubStore;
+use crate::upstream::{self, Health};
+
+/// How often retention runs.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+/// Largest admin request accepted.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    NotConfigured(String),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::AuthConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("admin API server failed: {0}")]
+    Serve(String),
+}
+
+/// Serves the admin API on `listener` and follows every spoke's events until `shutdown`
+/// resolves.
+pub async fn run(
+    config: HubConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let serve = match &config.serve {
+        Ok(s) => s.clone(),
+        Err(e) => return Err(ServeError::NotConfigured(e.to_string())),
+    };
+    let tokens = Arc::new(TokenStore::load(&serve.tokens)?);
+    tokio::spawn(crate::auth::watch_for_changes(
+        tokens.clone(),
+        crate::auth::POLL_INTERVAL,
+    ));
+    let store = HubStore::connect(&serve.valkey_url, &config.hub_id).await?;
+    let (stop, stopping) = watch::channel(false);
+    let health = Health::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for spoke in &config.spokes {
+        tasks.spawn(upstream::follow(
+            spoke.clone(),
+            config.trust_domain.clone(),
+            config.tls.clone(),
+            store.clone(),
+            health.clone(),
+            stopping.clone(),
+        ));
+    }
+    let fanout = Fanout::new(store.clone(), config.events.subscriber_buffer);
+    tasks.spawn(fanout.clone().tail(stopping.clone()));
+    tasks.spawn(maintain(
+        store.clone(),
+        config.events.clone(),
+        stopping.clone(),
+    ));
+
+    let service = AdminService::new(tokens, fanout.clone());
+    tracing::info!(
+        hub = %config.hub_id,
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        spokes = config.spokes.len(),
+        "hub serving the admin API"
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    });
+    let server = tonic::transport::Server::builder()
+        .tls_config(config.tls.server_config_without_client_auth())
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .add_service(
+            AdminServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let result = server
+        .await
+        .map_err(|e| ServeError::Serve(mosaic_shared::tls::error_chain(&e)));
+    tracing::info!("hub stopping");
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+async fn maintain(
+    store: HubStore,
+    events: crate::config::EventsConfig,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        match store
+            .trim(unix_ms(), events.retain, events.retain_max)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "retention removed log entries"),
+            Err(e) => tracing::warn!(error = %e, "log retention failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MAINTENANCE_EVERY) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
