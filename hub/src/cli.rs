@@ -18,7 +18,11 @@ use mosaic_shared::time::unix_ms;
 use crate::auth;
 use crate::certs::{self, PkiPlan};
 use crate::config::HubConfig;
+use crate::render;
 use crate::spokes::{Receipt, SpokeClient, SpokeError};
+use mosaic_shared::pb::admin::v1 as admin;
+use mosaic_shared::pb::admin::v1::admin_client::AdminClient;
+use mosaic_shared::tls::{self, DialOptions, Role, SpiffeId, TlsMaterial};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -107,6 +111,53 @@ pub enum Command {
     /// Admin API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Watch events through the hub's admin API, live or from a cursor: a workspace, a job
+    /// (until it ends: exit 0 if it completed, 3 if it failed or was cancelled) or a spoke.
+    Watch(WatchArgs),
+}
+
+/// Where the hub's admin API is and how to trust it.
+#[derive(Args, Debug, Clone)]
+pub struct HubTarget {
+    /// The admin API's address, host:port (default: `listen` in hub.toml).
+    #[arg(long = "hub", env = "MOSAIC_HUB_ADDR")]
+    pub addr: Option<String>,
+    /// Bearer token for the admin API (see `mosaic-hub token new`).
+    #[arg(long, env = "MOSAIC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate that the hub's certificate chains to (default: tls.ca in hub.toml).
+    #[arg(long = "hub-ca", env = "MOSAIC_HUB_CA")]
+    pub ca: Option<PathBuf>,
+    /// The hub's identity, spiffe://<trust-domain>/hub/<id> (default: from hub.toml).
+    #[arg(long = "hub-identity", env = "MOSAIC_HUB_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub hub: HubTarget,
+    /// Watch a workspace.
+    #[arg(long, group = "scope")]
+    pub workspace: Option<WorkspaceId>,
+    /// Watch one job until it ends.
+    #[arg(long, group = "scope")]
+    pub job: Option<JobId>,
+    /// Watch everything on a spoke (that your token's workspaces allow).
+    #[arg(long, group = "scope")]
+    pub spoke: Option<SpokeId>,
+    /// Only these event types (repeatable), e.g. step.output, job.progress, ai.tool_called.
+    #[arg(long = "type")]
+    pub types: Vec<String>,
+    /// Resume after this cursor (printed with every event in --output json).
+    #[arg(long, conflicts_with_all = ["from_oldest", "snapshot"])]
+    pub after: Option<String>,
+    /// Start from the oldest event the hub retains (for --job: the job's whole history).
+    #[arg(long)]
+    pub from_oldest: bool,
+    /// Start with the current state of every job in scope, then live events.
+    #[arg(long)]
+    pub snapshot: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,6 +349,7 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             code: 1,
             message: format!("{e:#}"),
         }),
+        Command::Watch(args) => watch(args, cli.config, output, env).await,
         Command::Serve => {
             let config = load_config(cli.config, env)?;
             let listen = match &config.serve {
@@ -827,4 +879,239 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The admin API: where it is, how to trust it, and the caller's token.
+struct AdminTarget {
+    addr: String,
+    identity: SpiffeId,
+    tls: TlsMaterial,
+    token: String,
+}
+
+/// Flags and environment first, then hub.toml (if given) for what they leave out.
+fn admin_target(
+    hub: &HubTarget,
+    config: Option<PathBuf>,
+    env: &Env,
+) -> Result<AdminTarget, CliError> {
+    let config = config.map(|p| load_config(Some(p), env)).transpose()?;
+    let token = hub.token.clone().ok_or(
+        "no admin token: pass --token or set MOSAIC_TOKEN (`mosaic-hub token new` makes one)",
+    )?;
+    let addr = match (&hub.addr, config.as_ref().map(|c| &c.serve)) {
+        (Some(a), _) => a.clone(),
+        (None, Some(Ok(serve))) => serve.listen.to_string(),
+        _ => {
+            return Err(
+                "no admin API address: pass --hub host:port, set MOSAIC_HUB_ADDR, or give a hub.toml with listen"
+                    .into(),
+            );
+        }
+    };
+    let identity = match (&hub.identity, &config) {
+        (Some(i), _) => SpiffeId::parse(i).map_err(|e| usage(format!("--hub-identity: {e}")))?,
+        (None, Some(c)) => SpiffeId::new(&c.trust_domain, Role::Hub, c.hub_id.as_str()),
+        (None, None) => {
+            return Err(
+                "the hub's identity is unknown: pass --hub-identity spiffe://<trust-domain>/hub/<id>, set MOSAIC_HUB_IDENTITY, or give a hub.toml"
+                    .into(),
+            );
+        }
+    };
+    let tls = match (&hub.ca, config) {
+        (Some(ca), _) => TlsMaterial::trust_only(ca)?,
+        (None, Some(c)) => c.tls,
+        (None, None) => {
+            return Err(
+                "no CA to check the hub against: pass --hub-ca ca.crt, set MOSAIC_HUB_CA, or give a hub.toml"
+                    .into(),
+            );
+        }
+    };
+    Ok(AdminTarget {
+        addr,
+        identity,
+        tls,
+        token,
+    })
+}
+
+impl AdminTarget {
+    async fn client(&self) -> Result<AdminClient<tonic::transport::Channel>, CliError> {
+        let channel = tls::connect(
+            &self.addr,
+            self.identity.clone(),
+            &self.tls,
+            DialOptions::default(),
+        )
+        .await?;
+        Ok(AdminClient::new(channel))
+    }
+
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CliError> {
+        let mut r = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| usage("--token: not a valid header value".into()))?;
+        r.metadata_mut().insert("authorization", value);
+        Ok(r)
+    }
+}
+
+/// An admin API refusal as a CLI error: not found exits 4, the rest 1.
+fn admin_error(s: &tonic::Status) -> CliError {
+    CliError {
+        code: if s.code() == tonic::Code::NotFound {
+            4
+        } else {
+            1
+        },
+        message: format!("the hub refused: {} ({:?})", s.message(), s.code()),
+    }
+}
+
+fn reason_of(s: &tonic::Status, key: &str) -> Option<String> {
+    s.metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn watch(
+    args: WatchArgs,
+    config: Option<PathBuf>,
+    output: Output,
+    env: &Env,
+) -> Result<ExitCode, CliError> {
+    use admin::watch_request::{Scope, Start};
+    let target = admin_target(&args.hub, config, env)?;
+    let scope = match (&args.workspace, &args.job, &args.spoke) {
+        (Some(w), _, _) => Scope::Workspace(w.to_string()),
+        (_, Some(j), _) => Scope::JobId(j.to_string()),
+        (_, _, Some(s)) => Scope::SpokeId(s.to_string()),
+        _ => return Err(usage("give one of --workspace, --job or --spoke".into())),
+    };
+    let types = args
+        .types
+        .iter()
+        .map(|t| {
+            render::parse_event_type(t).map(i32::from).ok_or_else(|| {
+                usage(format!(
+                    "--type: {t:?} is not an event type (e.g. job.progress, step.output, ai.tool_called)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let follow_job = args.job.as_ref().map(|j| j.to_string());
+    // A job's watch shows its whole history unless told otherwise.
+    let from_oldest =
+        args.from_oldest || (follow_job.is_some() && args.after.is_none() && !args.snapshot);
+    let mut cursor = args.after.clone();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut renderer = render::WatchRenderer::new(render::Options {
+        tty: tty && output == Output::Table,
+        width: env
+            .get("COLUMNS")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(100),
+        color: tty && env.get("NO_COLOR").is_none(),
+        follow_job,
+        show_output: true,
+    });
+    let mut stdout = std::io::stdout();
+    let mut connected_once = false;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let start = match &cursor {
+            Some(c) => Some(Start::After(c.clone())),
+            None if from_oldest => Some(Start::FromOldest(true)),
+            None => None,
+        };
+        let request = admin::WatchRequest {
+            scope: Some(scope.clone()),
+            types: types.clone(),
+            start,
+            snapshot: args.snapshot && cursor.is_none(),
+        };
+        let opened = match target.client().await {
+            Ok(mut c) => c
+                .watch(target.request(request)?)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(Some),
+            Err(e) if !connected_once => return Err(e),
+            Err(_) => Err(None),
+        };
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(Some(s)) if s.code() != tonic::Code::Unavailable => return Err(admin_error(&s)),
+            Err(_) => {
+                // The hub is restarting or unreachable: try again from the last cursor.
+                eprintln!(
+                    "watch: hub unavailable; retrying in {} ms",
+                    backoff.as_millis()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        connected_once = true;
+        backoff = Duration::from_millis(200);
+        let status = loop {
+            match stream.message().await {
+                Ok(Some(item)) => {
+                    if !item.cursor.is_empty() {
+                        cursor = Some(item.cursor.clone());
+                    }
+                    let progress = match output {
+                        Output::Json => {
+                            println!("{}", render::json_line(&item));
+                            render_progress(&mut renderer, &item)
+                        }
+                        Output::Table => renderer
+                            .feed(&item, &mut stdout)
+                            .map_err(|e| format!("cannot write: {e}"))?,
+                    };
+                    if let render::Progress::JobEnded { state } = progress {
+                        let _ = renderer.finish(&mut stdout);
+                        return Ok(ExitCode::from(match state {
+                            pb::JobState::Completed => 0,
+                            _ => 3,
+                        }));
+                    }
+                }
+                Ok(None) => break None,
+                Err(s) => break Some(s),
+            }
+        };
+        let _ = renderer.finish(&mut stdout);
+        match status {
+            None => {}
+            Some(s) if reason_of(&s, "x-mosaic-reason").as_deref() == Some("resync_required") => {
+                match reason_of(&s, "x-mosaic-cursor") {
+                    Some(c) => {
+                        eprintln!("watch: fell behind; resuming after {c}");
+                        cursor = Some(c);
+                    }
+                    None => return Err(admin_error(&s)),
+                }
+            }
+            Some(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
+                eprintln!("watch: connection to the hub lost; resuming");
+            }
+            Some(s) => return Err(admin_error(&s)),
+        }
+    }
+}
+
+/// In JSON mode nothing is drawn, but a followed job's end still ends the watch.
+fn render_progress(
+    renderer: &mut render::WatchRenderer,
+    item: &admin::WatchResponse,
+) -> render::Progress {
+    renderer
+        .feed(item, &mut std::io::sink())
+        .unwrap_or(render::Progress::Continue)
 }

@@ -7,6 +7,7 @@
 //! - [`fanout`]: the hub's log to watchers, with bounded buffers and resumable cursors.
 //! - [`store`]: the hub's Valkey: the event log, upstream cursors, job snapshots.
 //! - [`auth`]: admin API bearer tokens (by hash), roles, workspace scopes, reload.
+//! - [`render`]: `watch` output: scrolling lines and live progress bars, or JSON lines.
 //! - [`cli`]: the `mosaic-hub` verbs, their output and exit codes.
 //! - [`config`]: `hub.toml` into a typed [`config::HubConfig`].
 //! - [`sign`]: builds and signs commands; the only holder of the hub's private key.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod fanout;
+pub mod render;
 pub mod server;
 pub mod sign;
 pub mod spokes;

@@ -400,3 +400,69 @@ fn token_new_prints_a_token_whose_entry_grants_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("needs workspaces = \"*\""), "{err}");
 }
+
+#[tokio::test]
+async fn watch_follows_a_job_through_the_hub_until_it_ends() {
+    let fed = Federation::builder()
+        .spoke("a")
+        .hub_server()
+        .start()
+        .await
+        .unwrap();
+    let a = fed.client("a").await.unwrap();
+    let script = "echo '{\"mosaic\":\"progress\",\"percent\":30,\"message\":\"warming up\"}'; echo hello; sleep 0.2";
+    let (r, _) = fed.run_to_end(&a, spawn_action("sh", &[script])).await;
+    let job = job_of(&r).job_id.clone();
+    let hub = fed.hub_addr().to_string();
+    let watch = |token: &str, extra: &[&str]| {
+        let mut args = vec!["watch", "--hub", hub.as_str(), "--token", token];
+        args.extend_from_slice(extra);
+        hub_cli(&fed, &args)
+    };
+
+    // Plain lines (stdout is not a terminal), ending when the job does, exit 0.
+    let (code, out, err) = watch(&fed.token("viewer"), &["--job", &job]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" job.created pending"), "{out}");
+    assert!(out.contains(" job.progress 30% warming up"), "{out}");
+    assert!(out.contains(" step.output stdout| hello"), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .contains(" job.completed completed"),
+        "{out}"
+    );
+
+    // JSON lines for scripts, each with the cursor to resume after.
+    let (code, out, err) = watch(&fed.token("viewer"), &["--job", &job, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l["cursor"].as_str().unwrap().is_empty())
+    );
+    assert_eq!(lines.last().unwrap()["type"], "job.completed");
+    assert_eq!(lines[0]["job_id"], job.as_str());
+
+    // A failed job exits 3.
+    let (r, _) = fed.run_to_end(&a, spawn_action("sh", &["exit 2"])).await;
+    let failed = job_of(&r).job_id.clone();
+    let (code, _, err) = watch(&fed.token("operator"), &["--job", &failed]);
+    assert_eq!(code, 3, "{err}");
+
+    // A bad token is refused with a message that says so, and a bad type names the flag.
+    let (code, _, err) = watch("mosaic_wrong", &["--job", &job]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the token is not valid"), "{err}");
+    let (code, _, err) = watch(
+        &fed.token("viewer"),
+        &["--job", &job, "--type", "job.exploded"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("--type"), "{err}");
+}
