@@ -40,16 +40,20 @@ Examples:
   mosaic-hub -c hub.toml queue pause --spoke spoke-a
   mosaic-hub -c hub.toml --output json spokes
   mosaic-hub token new --name ci --role operator --workspace team-a --workspace team-b
+  MOSAIC_TOKEN=… mosaic-hub -c hub.toml watch --job <job id>     follow a job until it ends
+  MOSAIC_TOKEN=… mosaic-hub -c hub.toml -o json watch --workspace demo --from-oldest
 
 Exit codes:
   0  success (for spawn --wait: the job completed)
   1  error: config, connection, or the spoke refused the command
   2  usage error
-  3  spawn --wait: the job failed or was cancelled
+  3  spawn --wait, watch --job: the job failed or was cancelled
   4  the job or agent does not exist on that spoke
 
 Environment:
   MOSAIC_HUB_CONFIG               path to hub.toml (instead of --config)
+  MOSAIC_HUB_ADDR, MOSAIC_TOKEN   the admin API's address and a bearer token (watch)
+  MOSAIC_HUB_CA, MOSAIC_HUB_IDENTITY  the CA and spiffe://…/hub/<id> to check the hub against
   MOSAIC_HUB__<KEY>[__<SUBKEY>]   override any hub.toml key, e.g. MOSAIC_HUB__COMMAND_TTL_MS=30000
   MOSAIC_LOG, MOSAIC_LOG_FORMAT   log filter (default: warn for client verbs) and text|json";
 

@@ -1,10 +1,12 @@
 //! `mosaic-hub dev`: a whole federation on one machine, for trying it and for demos.
 //!
 //! Starts a real `valkey-server` as a child process (unix socket, no persistence), writes a
-//! development PKI, signing keys and configs into a directory, runs two spokes in this process
-//! on loopback ports, then shows a spawn that completes and a spawn that is killed, all through
-//! the same signed-command path as the CLI verbs. Runs until Ctrl-C, then stops the spokes
-//! (which kill their agents) and Valkey. Also home of [`Valkey`], which the test harness reuses.
+//! development PKI, signing keys, configs and an admin token into a directory, runs two spokes
+//! and the hub server (`server::run`: the admin API and the event upstreams) in this process on
+//! loopback ports, then shows spawns that complete, retry and are killed, through the same
+//! signed-command path as the CLI verbs, and a job's events as a watcher receives them through
+//! the hub. Runs until Ctrl-C, then stops the hub, the spokes (which kill their agents) and
+//! Valkey. Also home of [`Valkey`], which the test harness reuses.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -102,9 +104,26 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
         )));
         addresses.push((spoke, addr));
     }
+    // The hub server: its admin API on a port chosen now, so hub.toml can name it.
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let token = crate::auth::new_token(
+        "dev".parse()?,
+        crate::auth::Role::Admin,
+        crate::auth::WorkspaceScope::All,
+    )?;
+    std::fs::write(dir.join("tokens.toml"), token.toml_entry())?;
     let hub_path = dir.join("hub.toml");
-    std::fs::write(&hub_path, hub_toml(&addresses))?;
+    std::fs::write(&hub_path, hub_toml(&addresses, admin_addr, &valkey.url()))?;
     let hub = HubConfig::load(&hub_path, &Env::default())?;
+    let mut hub_stop = stop_rx.clone();
+    let hub_server = tokio::spawn(crate::server::run(
+        HubConfig::load(&hub_path, &Env::default())?,
+        admin_listener,
+        async move {
+            let _ = hub_stop.wait_for(|s| *s).await;
+        },
+    ));
 
     println!("Mosaic dev federation (files in {})", dir.display());
     println!("  valkey   {} at {}", valkey_bin.display(), valkey.url());
@@ -115,9 +134,10 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
         "  hub      {}  (hub id {HUB}, trust domain {TRUST_DOMAIN})",
         hub_path.display()
     );
+    println!("  admin    {admin_addr}  (token in MOSAIC_TOKEN below; role admin)");
 
     if !args.no_demo {
-        demo(&hub).await?;
+        demo(&hub, admin_addr, token.token()).await?;
     }
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -125,6 +145,8 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
     if !args.exit_after_demo {
         println!("\nTry it from another terminal while this runs:");
         println!("  export MOSAIC_HUB_CONFIG={}", hub_path.display());
+        println!("  export MOSAIC_TOKEN={}", token.token());
+        println!("  {exe} watch --workspace demo          # live events through the hub");
         println!("  {exe} spokes");
         println!("  {exe} spawn --spoke spoke-a --profile echo --workspace demo --wait -- hello");
         println!("  {exe} spawn --spoke spoke-b --profile sleep --workspace demo -- 300");
@@ -134,6 +156,7 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
         println!("\nstopping: spokes end their agents, then Valkey stops");
     }
     let _ = stop_tx.send(true);
+    hub_server.await??;
     for t in spoke_tasks {
         t.await??;
     }
@@ -141,7 +164,7 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn demo(hub: &HubConfig) -> anyhow::Result<()> {
+async fn demo(hub: &HubConfig, admin: std::net::SocketAddr, token: &str) -> anyhow::Result<()> {
     let a: SpokeId = SPOKES[0].parse()?;
     let b: SpokeId = SPOKES[1].parse()?;
     let spoke_a = SpokeClient::connect(hub, &a).await?;
@@ -195,8 +218,11 @@ async fn demo(hub: &HubConfig) -> anyhow::Result<()> {
         killed.job().context("no job in the receipt")?,
     ));
 
+    println!("\n4. the events of step 1's job, as a watcher receives them through the hub");
+    watch_job(hub, admin, token, &echoed.job_id).await?;
+
     println!(
-        "\n4. round trip of a signed status command (hub → spoke → signed receipt), 200 times"
+        "\n5. round trip of a signed status command (hub → spoke → signed receipt), 200 times"
     );
     let mut samples = Vec::with_capacity(200);
     for _ in 0..200 {
@@ -211,6 +237,54 @@ async fn demo(hub: &HubConfig) -> anyhow::Result<()> {
         ms(samples[samples.len() * 99 / 100]),
         ms(samples[samples.len() - 1])
     );
+    Ok(())
+}
+
+/// Watches `job` from its first event through the admin API until it ends, printing what a
+/// `mosaic-hub watch --job` prints.
+async fn watch_job(
+    hub: &HubConfig,
+    admin: std::net::SocketAddr,
+    token: &str,
+    job: &str,
+) -> anyhow::Result<()> {
+    use mosaic_shared::pb::admin::v1 as admin_pb;
+    let channel = mosaic_shared::tls::connect(
+        &admin.to_string(),
+        mosaic_shared::tls::SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB),
+        &hub.tls,
+        mosaic_shared::tls::DialOptions::default(),
+    )
+    .await?;
+    let mut request = tonic::Request::new(admin_pb::WatchRequest {
+        scope: Some(admin_pb::watch_request::Scope::JobId(job.to_owned())),
+        start: Some(admin_pb::watch_request::Start::FromOldest(true)),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let mut stream = admin_pb::admin_client::AdminClient::new(channel)
+        .watch(request)
+        .await?
+        .into_inner();
+    let mut renderer = crate::render::WatchRenderer::new(crate::render::Options {
+        follow_job: Some(job.to_owned()),
+        ..Default::default()
+    });
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let item = tokio::time::timeout_at(deadline.into(), stream.message())
+            .await
+            .context("the job's events did not arrive within 30 s")??
+            .context("the watch ended early")?;
+        let progress = renderer.feed(&item, &mut out)?;
+        if let crate::render::Progress::JobEnded { .. } = progress {
+            break;
+        }
+    }
+    print_indented(&String::from_utf8_lossy(&out));
     Ok(())
 }
 
@@ -335,12 +409,19 @@ kill_grace_ms = 5000
     ))
 }
 
-fn hub_toml(spokes: &[(&str, std::net::SocketAddr)]) -> String {
+fn hub_toml(
+    spokes: &[(&str, std::net::SocketAddr)],
+    admin: std::net::SocketAddr,
+    valkey_url: &str,
+) -> String {
     let mut s = format!(
         r#"# Written by `mosaic-hub dev`. Relative paths are relative to this file.
 hub_id = {hub}
 trust_domain = {td}
 signing_key = "keys/{HUB}.pem"
+listen = "{admin}"
+valkey_url = {valkey}
+tokens = "tokens.toml"
 
 [tls]
 cert = "pki/{cert}"
@@ -352,6 +433,7 @@ ca = "pki/{ca}"
         cert = certs::cert_file(Role::Hub, HUB),
         key = certs::key_file(Role::Hub, HUB),
         ca = certs::CA_CERT,
+        valkey = q(valkey_url),
     );
     for (spoke, addr) in spokes {
         s.push_str(&format!(

@@ -313,7 +313,17 @@ fn the_quickstart_demo_runs() {
     );
     assert!(stdout.contains("output     third time lucky"), "{stdout}");
     assert!(stdout.contains("state      cancelled"), "{stdout}");
-    assert!(stdout.contains("4. round trip"), "{stdout}");
+    // The first job's events, as a watcher receives them through the hub.
+    assert!(stdout.contains("4. the events of step 1's job"), "{stdout}");
+    assert!(
+        stdout.contains(" step.output stdout| hello from spoke-a"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(" job.completed completed attempt=1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("5. round trip"), "{stdout}");
 }
 
 #[test]
