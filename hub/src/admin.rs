@@ -14,8 +14,13 @@ use mosaic_shared::pb::federation::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
+use std::time::{Duration, Instant};
+
 use crate::auth::{self, Decision, Operation, Principal, TokenStore};
+use crate::config::{HubConfig, SpokeEntry};
 use crate::fanout::{Fanout, Scope, Start, Target, WatchEnd};
+use crate::spokes::SpokeClient;
+use crate::upstream::Health;
 
 /// Metadata key of a refusal's machine-readable reason.
 pub const REASON_KEY: &str = "x-mosaic-reason";
@@ -34,11 +39,26 @@ fn status(code: Code, message: impl Into<String>, reason: &'static str) -> Statu
 pub struct AdminService {
     tokens: Arc<TokenStore>,
     fanout: Arc<Fanout>,
+    config: Arc<HubConfig>,
+    health: Health,
 }
 
+/// Longest a spoke may take to answer `Info` for `ListSpokes`.
+const INFO_WITHIN: Duration = Duration::from_secs(3);
+
 impl AdminService {
-    pub fn new(tokens: Arc<TokenStore>, fanout: Arc<Fanout>) -> Self {
-        AdminService { tokens, fanout }
+    pub fn new(
+        tokens: Arc<TokenStore>,
+        fanout: Arc<Fanout>,
+        config: Arc<HubConfig>,
+        health: Health,
+    ) -> Self {
+        AdminService {
+            tokens,
+            fanout,
+            config,
+            health,
+        }
     }
 
     /// The caller, from its bearer token; default deny.
@@ -206,8 +226,75 @@ fn end_status(end: WatchEnd) -> Option<Status> {
     }
 }
 
+/// One spoke's health: `Info` now (bounded), and its event upstream.
+async fn spoke_health(
+    config: &HubConfig,
+    entry: &SpokeEntry,
+    health: &Health,
+) -> admin::SpokeHealth {
+    let started = Instant::now();
+    let info = tokio::time::timeout(INFO_WITHIN, async {
+        SpokeClient::connect(config, &entry.id).await?.info().await
+    })
+    .await;
+    let u = health.get(&entry.id);
+    let mut h = admin::SpokeHealth {
+        spoke_id: entry.id.to_string(),
+        address: entry.address.clone(),
+        events: Some(admin::EventUpstream {
+            connected: u.connected,
+            last_seen_ms: u.last_seen_ms.unwrap_or(0),
+            error: u.error,
+            events: u.events,
+            lag_ms: u.lag_ms,
+        }),
+        ..Default::default()
+    };
+    match info {
+        Ok(Ok(i)) => {
+            h.reachable = true;
+            h.rtt_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+            h.version = i.version;
+            h.profiles = i.profiles;
+            h.queue = i.queue;
+        }
+        Ok(Err(e)) => h.error = e.to_string(),
+        Err(_) => {
+            h.error = format!(
+                "spoke {} did not answer within {} s",
+                entry.id,
+                INFO_WITHIN.as_secs()
+            );
+        }
+    }
+    h
+}
+
 #[tonic::async_trait]
 impl admin::admin_server::Admin for AdminService {
+    async fn list_spokes(
+        &self,
+        request: Request<admin::ListSpokesRequest>,
+    ) -> Result<Response<admin::ListSpokesResponse>, Status> {
+        let principal = self.principal(&request)?;
+        authorize(
+            principal.may(Operation::ListSpokes, None),
+            Operation::ListSpokes,
+            "spokes",
+        )?;
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, entry) in self.config.spokes.iter().enumerate() {
+            let (config, entry, health) = (self.config.clone(), entry.clone(), self.health.clone());
+            asks.spawn(async move { (i, spoke_health(&config, &entry, &health).await) });
+        }
+        let mut spokes = vec![admin::SpokeHealth::default(); self.config.spokes.len()];
+        while let Some(done) = asks.join_next().await {
+            let (i, h) = done.map_err(|e| status(Code::Internal, e.to_string(), "internal"))?;
+            spokes[i] = h;
+        }
+        Ok(Response::new(admin::ListSpokesResponse { spokes }))
+    }
+
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<admin::WatchResponse, Status>>;
 
     async fn watch(

@@ -79,7 +79,8 @@ pub async fn run(
         stopping.clone(),
     ));
 
-    let service = AdminService::new(tokens, fanout.clone());
+    let config = Arc::new(config);
+    let service = AdminService::new(tokens, fanout.clone(), config.clone(), health.clone());
     tracing::info!(
         hub = %config.hub_id,
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -438,3 +438,88 @@ async fn trimmed_cursors_revoked_tokens_and_other_workspaces_are_refused() {
         .expect_err("the removed token no longer works");
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+async fn list_spokes(fed: &Federation, token: &str) -> Vec<admin::SpokeHealth> {
+    fed.admin()
+        .await
+        .unwrap()
+        .list_spokes(authed(token, admin::ListSpokesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .spokes
+}
+
+#[tokio::test]
+async fn list_spokes_shows_each_spokes_health_and_an_unreachable_one_at_once() {
+    let mut fed = Federation::builder()
+        .spoke("a")
+        .spoke("b")
+        .hub_server()
+        .start()
+        .await
+        .unwrap();
+    run_job(&fed, "a", "echo hi").await;
+    // Both upstreams connect; a's has carried the job's events.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let spokes = loop {
+        let s = list_spokes(&fed, &fed.token("viewer")).await;
+        let a_events = s[0].events.as_ref().map_or(0, |e| e.events);
+        if (s
+            .iter()
+            .all(|h| h.events.as_ref().is_some_and(|e| e.connected))
+            && a_events >= 8)
+            || std::time::Instant::now() > deadline
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        spokes
+            .iter()
+            .map(|s| s.spoke_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    for s in &spokes {
+        assert!(s.reachable, "{s:?}");
+        assert!(s.error.is_empty(), "{s:?}");
+        assert!(s.profiles.contains(&"sh".to_owned()), "{s:?}");
+        assert!(s.events.as_ref().unwrap().connected, "{s:?}");
+    }
+    assert_eq!(spokes[0].queue.as_ref().unwrap().completed, 1);
+    assert!(
+        spokes[0].events.as_ref().unwrap().events >= 8,
+        "{:?}",
+        spokes[0]
+    );
+
+    // A dead spoke is reported at once, named, and its upstream as down.
+    fed.kill_spoke("b");
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let b = loop {
+        let b = list_spokes(&fed, &fed.token("viewer")).await.remove(1);
+        if !b.events.as_ref().unwrap().connected || std::time::Instant::now() > deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!b.reachable);
+    assert!(b.error.contains("spoke/b"), "{}", b.error);
+    let upstream = b.events.unwrap();
+    assert!(!upstream.connected);
+    assert!(!upstream.error.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Without a token: refused.
+    let err = fed
+        .admin()
+        .await
+        .unwrap()
+        .list_spokes(admin::ListSpokesRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
