@@ -63,27 +63,76 @@ impl AdminService {
 
     /// The caller, from its bearer token; default deny.
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let unauthenticated = |why: &str| {
-            status(
-                Code::Unauthenticated,
-                format!(
-                    "{why}; send `authorization: Bearer <token>` with a token from the hub's tokens file"
-                ),
-                "unauthenticated",
-            )
+        let header = match request.metadata().get("authorization") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| unauthenticated("the authorization header is not text"))?,
+            ),
         };
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| unauthenticated("no token"))?
-            .to_str()
-            .map_err(|_| unauthenticated("the authorization header is not text"))?;
+        self.authenticate(header)
+    }
+
+    /// The caller, from the value of its `authorization` header (gRPC metadata or HTTP).
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, Status> {
+        let header = header.ok_or_else(|| unauthenticated("no token"))?;
         let token = auth::bearer_token(header)
             .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`"))?;
         self.tokens
             .authenticate(token)
             .ok_or_else(|| unauthenticated("the token is not valid"))
     }
+
+    /// Starts a watch for `principal` (the one implementation behind gRPC and HTTP): items,
+    /// then at most one final status saying why it ended.
+    pub fn start_watch(
+        &self,
+        principal: Principal,
+        request: admin::WatchRequest,
+    ) -> Result<mpsc::Receiver<Result<admin::WatchResponse, Status>>, Status> {
+        let (scope, start) = watch_query(request, &principal)?;
+        let (items_tx, mut items_rx) = mpsc::channel(WATCH_SEND_BUFFER);
+        let (tx, rx) = mpsc::channel(WATCH_SEND_BUFFER);
+        let fanout = self.fanout.clone();
+        let tokens = self.tokens.clone();
+        tracing::info!(token = %principal.name(), ?scope, ?start, "watch opened");
+        tokio::spawn(async move {
+            let forward = async {
+                while let Some(item) = items_rx.recv().await {
+                    if tx.send(Ok(item)).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let watched = async {
+                let end = fanout.watch(&scope, start, &items_tx).await;
+                drop(items_tx);
+                end
+            };
+            let end = tokio::select! {
+                (end, ()) = async { tokio::join!(watched, forward) } => end_status(end),
+                () = tokens.revoked(&principal) => Some(status(
+                    Code::Unauthenticated,
+                    "the token of this watch was revoked or changed",
+                    "unauthenticated",
+                )),
+            };
+            if let Some(s) = end {
+                let _ = tx.send(Err(s)).await;
+            }
+        });
+        Ok(rx)
+    }
+}
+
+fn unauthenticated(why: &str) -> Status {
+    status(
+        Code::Unauthenticated,
+        format!(
+            "{why}; send `authorization: Bearer <token>` with a token from the hub's tokens file"
+        ),
+        "unauthenticated",
+    )
 }
 
 /// Refuses what the decision does not allow; `what` names the thing for a not-found answer.
@@ -302,37 +351,7 @@ impl admin::admin_server::Admin for AdminService {
         request: Request<admin::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let principal = self.principal(&request)?;
-        let (scope, start) = watch_query(request.into_inner(), &principal)?;
-        let (items_tx, mut items_rx) = mpsc::channel(WATCH_SEND_BUFFER);
-        let (tx, rx) = mpsc::channel(WATCH_SEND_BUFFER);
-        let fanout = self.fanout.clone();
-        let tokens = self.tokens.clone();
-        tracing::info!(token = %principal.name(), ?scope, ?start, "watch opened");
-        tokio::spawn(async move {
-            let forward = async {
-                while let Some(item) = items_rx.recv().await {
-                    if tx.send(Ok(item)).await.is_err() {
-                        break;
-                    }
-                }
-            };
-            let watched = async {
-                let end = fanout.watch(&scope, start, &items_tx).await;
-                drop(items_tx);
-                end
-            };
-            let end = tokio::select! {
-                (end, ()) = async { tokio::join!(watched, forward) } => end_status(end),
-                () = tokens.revoked(&principal) => Some(status(
-                    Code::Unauthenticated,
-                    "the token of this watch was revoked or changed",
-                    "unauthenticated",
-                )),
-            };
-            if let Some(s) = end {
-                let _ = tx.send(Err(s)).await;
-            }
-        });
+        let rx = self.start_watch(principal, request.into_inner())?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))

@@ -28,6 +28,8 @@ struct Raw {
     spokes: Vec<RawSpoke>,
     /// Where `serve` answers the admin API (gRPC over TLS with the hub's certificate).
     listen: Option<SocketAddr>,
+    /// Where `serve` answers the admin API over HTTP (TLS); none: no HTTP.
+    http_listen: Option<SocketAddr>,
     /// The hub's own Valkey (event log, upstream cursors, job snapshots).
     valkey_url: Option<String>,
     /// The admin API's tokens file (see `auth`).
@@ -69,6 +71,7 @@ pub struct EventsConfig {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
     pub valkey_url: String,
     pub tokens: PathBuf,
 }
@@ -174,6 +177,7 @@ impl HubConfig {
             )),
             (Some(listen), Some(valkey_url), Some(tokens)) => Ok(ServeConfig {
                 listen,
+                http_listen: raw.http_listen,
                 valkey_url,
                 tokens: config::resolve(base, &tokens),
             }),

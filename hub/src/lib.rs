@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`server`]: `serve`: the admin API, the event upstreams, fan-out and retention, wired.
+//! - [`http`]: the admin API over HTTP (so far `GET /v1/watch` as server-sent events).
 //! - [`admin`]: the admin API (`mosaic.admin.v1`): authentication, authorization, statuses.
 //! - [`upstream`]: one task per spoke following its events into the hub's log; spoke health.
 //! - [`fanout`]: the hub's log to watchers, with bounded buffers and resumable cursors.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod fanout;
+pub mod http;
 pub mod render;
 pub mod server;
 pub mod sign;

@@ -80,7 +80,34 @@ pub async fn run(
     ));
 
     let config = Arc::new(config);
-    let service = AdminService::new(tokens, fanout.clone(), config.clone(), health.clone());
+    let service = Arc::new(AdminService::new(
+        tokens,
+        fanout.clone(),
+        config.clone(),
+        health.clone(),
+    ));
+    if let Some(addr) = serve.http_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Serve(format!("cannot listen on {addr} for HTTP: {e}")))?;
+        let tls = config
+            .tls
+            .rustls_server_config_without_client_auth()
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+        tracing::info!(
+            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "hub serving HTTP"
+        );
+        let mut stopping = stopping.clone();
+        tasks.spawn(crate::http::serve(
+            listener,
+            tls,
+            crate::http::router(service.clone()),
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            },
+        ));
+    }
     tracing::info!(
         hub = %config.hub_id,
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -100,7 +127,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
         .add_service(
-            AdminServer::new(service)
+            AdminServer::from_arc(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -370,6 +370,35 @@ impl TlsMaterial {
         ))
     }
 
+    /// rustls server config for the hub's HTTP API: our chain, no client certificate asked
+    /// for (callers authenticate by token), HTTP/2 and HTTP/1.1.
+    pub fn rustls_server_config_without_client_auth(
+        &self,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = self
+            .key
+            .as_ref()
+            .ok_or(TlsError::Rustls(rustls::Error::NoCertificatesPresented))?
+            .clone_key();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// rustls client config that checks the server is `expected` (see [`connect`]); for
+    /// clients other than gRPC channels (HTTP tests). ALPN offers `h2` only; change it to
+    /// speak HTTP/1.1.
+    pub fn rustls_client_config(
+        &self,
+        expected: SpiffeId,
+    ) -> Result<rustls::ClientConfig, TlsError> {
+        self.client_config(expected)
+    }
+
     fn client_config(&self, expected: SpiffeId) -> Result<rustls::ClientConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(SpiffeServerVerifier {

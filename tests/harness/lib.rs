@@ -519,7 +519,71 @@ impl Federation {
             .expect("hub server running")
     }
 
-    /// The hub server's log so far.
+    /// The hub server's HTTP address (from its `hub serving HTTP` log line).
+    pub fn hub_http_addr(&self) -> SocketAddr {
+        self.hub_log()
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "hub serving HTTP")
+            .find_map(|v| v["fields"]["addr"].as_str()?.parse().ok())
+            .expect("the hub serves HTTP")
+    }
+
+    /// Sends one HTTP/1.1 GET to the hub's HTTP API over TLS (checking the hub's identity)
+    /// and returns the status code, the headers' text and a reader of the (de-chunked) body.
+    pub async fn hub_http_get(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String, HttpBody)> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let trust = TlsMaterial::trust_only(&self.dir().join("pki").join(certs::CA_CERT))?;
+        let mut config = trust.rustls_client_config(SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(self.hub_http_addr()).await?;
+        let mut tls = connector
+            .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+            .await?;
+        // The server closes after the response, so a body without a length ends at EOF.
+        let mut request =
+            format!("GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        tls.write_all(request.as_bytes()).await?;
+        // TLS buffers what is written until flushed.
+        tls.flush().await?;
+        // Read up to the end of the headers.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if tls.read(&mut byte).await? == 0 {
+                bail!("the connection closed inside the response headers");
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no status code")?;
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        Ok((
+            status,
+            head,
+            HttpBody {
+                tls,
+                chunked,
+                buf: Vec::new(),
+            },
+        ))
+    }
     pub fn hub_log(&self) -> String {
         self.hub_process
             .as_ref()
@@ -910,7 +974,8 @@ fn hub_toml(hub: &str, spokes: &[(String, SocketAddr)], server: Option<&HubServe
     );
     if let Some(server) = server {
         s = format!(
-            "listen = \"127.0.0.1:0\"\nvalkey_url = {}\ntokens = \"tokens.toml\"\n{s}",
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nvalkey_url = {}\n\
+             tokens = \"tokens.toml\"\n{s}",
             q(&server.valkey_url)
         );
     }
@@ -1000,4 +1065,68 @@ pub fn job_ended(events: &[pb::Event], job: &str) -> bool {
                     | pb::EventType::JobCancelled
             )
     })
+}
+
+/// The body of an HTTP/1.1 response, de-chunked, read line by line.
+pub struct HttpBody {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    chunked: bool,
+    /// Decoded bytes not yet returned.
+    buf: Vec<u8>,
+}
+
+impl HttpBody {
+    async fn raw_line(&mut self) -> anyhow::Result<String> {
+        use tokio::io::AsyncReadExt as _;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if self.tls.read(&mut byte).await? == 0 {
+                bail!("the connection closed");
+            }
+            line.push(byte[0]);
+        }
+        line.truncate(line.len() - 2);
+        Ok(String::from_utf8(line)?)
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<bool> {
+        use tokio::io::AsyncReadExt as _;
+        if !self.chunked {
+            let mut chunk = [0u8; 4096];
+            let n = self.tls.read(&mut chunk).await?;
+            self.buf.extend_from_slice(&chunk[..n]);
+            return Ok(n > 0);
+        }
+        let size = usize::from_str_radix(self.raw_line().await?.trim(), 16)?;
+        if size == 0 {
+            return Ok(false);
+        }
+        let mut chunk = vec![0u8; size];
+        self.tls.read_exact(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk);
+        self.raw_line().await?;
+        Ok(true)
+    }
+
+    /// The next line of the body (without its newline), or `None` at its end.
+    pub async fn line(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(Some(
+                    String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
+                ));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The rest of the body.
+    pub async fn text(mut self) -> anyhow::Result<String> {
+        while self.fill().await? {}
+        Ok(String::from_utf8_lossy(&self.buf).into_owned())
+    }
 }

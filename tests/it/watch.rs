@@ -523,3 +523,96 @@ async fn list_spokes_shows_each_spokes_health_and_an_unreachable_one_at_once() {
         .expect_err("no token");
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+/// Server-sent events as (id, event, data) until `done` says stop.
+async fn read_sse(
+    body: &mut HttpBody,
+    done: impl Fn(&str) -> bool,
+) -> Vec<(String, String, serde_json::Value)> {
+    let mut out = Vec::new();
+    let (mut id, mut event) = (String::new(), String::new());
+    let read = async {
+        while let Some(line) = body.line().await.unwrap() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                let data: serde_json::Value = serde_json::from_str(v).unwrap();
+                out.push((id.clone(), event.clone(), data));
+                if done(&event) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the events arrive");
+    out
+}
+
+#[tokio::test]
+async fn watch_over_http_is_server_sent_events_resumable_with_last_event_id() {
+    let fed = Federation::builder()
+        .spoke("a")
+        .hub_server()
+        .start()
+        .await
+        .unwrap();
+    let job = run_job(&fed, "a", CHATTY).await;
+    let bearer = format!("Bearer {}", fed.token("viewer"));
+    let path = format!("/v1/watch?job_id={job}&from_oldest=true");
+    let (code, head, mut body) = fed
+        .hub_http_get(&path, &[("Authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let events = read_sse(&mut body, |e| e == "job.completed").await;
+    let kinds: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"job.created"));
+    assert!(
+        kinds.contains(&"step.output") && kinds.contains(&"job.progress"),
+        "{kinds:?}"
+    );
+    // The data is the same JSON line as `watch --output json`, with the cursor as the id.
+    let (id, _, data) = &events[2];
+    assert_eq!(data["cursor"].as_str(), Some(id.as_str()));
+    assert_eq!(data["job_id"].as_str(), Some(job.as_str()));
+
+    // Resume after the third event with the standard header: exactly the rest.
+    let (code, _, mut resumed) = fed
+        .hub_http_get(
+            &format!("/v1/watch?job_id={job}"),
+            &[("Authorization", &bearer), ("Last-Event-ID", id)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let rest = read_sse(&mut resumed, |e| e == "job.completed").await;
+    assert_eq!(rest, events[3..].to_vec());
+
+    // Refusals: the same reasons as over gRPC, as HTTP statuses with a JSON body.
+    let (code, _, body) = fed.hub_http_get(&path, &[]).await.unwrap();
+    assert_eq!(code, 401);
+    let body: serde_json::Value = serde_json::from_str(&body.text().await.unwrap()).unwrap();
+    assert_eq!(body["reason"], "unauthenticated");
+    let other = format!("Bearer {}", fed.token("other"));
+    let (code, _, body) = fed
+        .hub_http_get("/v1/watch?workspace=ws-test", &[("Authorization", &other)])
+        .await
+        .unwrap();
+    assert_eq!(code, 404, "another workspace is not found");
+    let body: serde_json::Value = serde_json::from_str(&body.text().await.unwrap()).unwrap();
+    assert_eq!(body["reason"], "not_found");
+    let (code, _, body) = fed
+        .hub_http_get(
+            "/v1/watch?workspace=ws-test&types=job.exploded",
+            &[("Authorization", &bearer)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(body.text().await.unwrap().contains("watch.types"));
+}
