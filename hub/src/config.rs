@@ -142,18 +142,8 @@ impl HubConfig {
         let tls = TlsMaterial::load_as(&raw.tls.resolved(base), &own)
             .map_err(|e| invalid(e.field(), e.to_string()))?;
         let e = raw.events;
-        if !(1_000..=100_000_000).contains(&e.retain_max) {
-            return Err(invalid(
-                "events.retain_max",
-                "must be between 1000 and 100000000".into(),
-            ));
-        }
-        if !(60_000..=365 * 24 * 3_600_000).contains(&e.retain_ms) {
-            return Err(invalid(
-                "events.retain_ms",
-                "must be between 60000 (a minute) and 31536000000 (a year)".into(),
-            ));
-        }
+        mosaic_shared::stream::check_retention(e.retain_max, e.retain_ms)
+            .map_err(|(field, message)| invalid(&format!("events.{field}"), message.into()))?;
         if !(16..=1_000_000).contains(&e.subscriber_buffer) {
             return Err(invalid(
                 "events.subscriber_buffer",

@@ -33,6 +33,21 @@ impl FromStr for EntryId {
     }
 }
 
+/// Checks a log's retention settings (`[events] retain_max`, `retain_ms` in spoke.toml and
+/// hub.toml); on error, the key and what is wrong with it.
+pub fn check_retention(max: u64, ms: u64) -> Result<(), (&'static str, &'static str)> {
+    if !(1_000..=100_000_000).contains(&max) {
+        return Err(("retain_max", "must be between 1000 and 100000000"));
+    }
+    if !(60_000..=365 * 24 * 3_600_000).contains(&ms) {
+        return Err((
+            "retain_ms",
+            "must be between 60000 (a minute) and 31536000000 (a year)",
+        ));
+    }
+    Ok(())
+}
+
 /// Retention of a stream. KEYS: the stream, its trimmed marker. ARGV: most entries to keep,
 /// the oldest id to keep by age (`<ms>-0`), most entries removed by count in one call.
 /// Removes entries beyond the count and older than the age, records the newest id removed
@@ -77,5 +92,12 @@ mod tests {
         for bad in ["", "9", "9-", "-1", "a-b", "9-1-2"] {
             assert!(bad.parse::<EntryId>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn retention_bounds_name_the_key() {
+        assert!(check_retention(1_000, 60_000).is_ok());
+        assert_eq!(check_retention(999, 60_000).unwrap_err().0, "retain_max");
+        assert_eq!(check_retention(1_000, 59_999).unwrap_err().0, "retain_ms");
     }
 }
