@@ -1,8 +1,9 @@
 //! The run's environment: one `valkey-server` child process (unix socket, no persistence),
 //! shared by every case of both sides and flushed before each measurement, and the spoke
-//! configurations the cases load — a development PKI, a receipt key and a trusted hub key in a
-//! temporary directory, with one `spoke.toml` per concurrency, written the way `mosaic-hub dev`
-//! writes its own. Removed, and Valkey killed, when the fixture is dropped.
+//! configurations the cases load — a development PKI (with the hub's certificate too, for the
+//! events benchmark's hub), the spoke's receipt key and the hub's signing key in a temporary
+//! directory, with one `spoke.toml` per concurrency and profile, written the way
+//! `mosaic-hub dev` writes its own. Removed, and Valkey killed, when the fixture is dropped.
 //!
 //! This module never measures anything.
 
@@ -26,6 +27,12 @@ const TRUST_DOMAIN: &str = "bench.local";
 pub const NOOP_PROFILE: &str = "noop";
 /// Profile running a real program.
 pub const PROGRAM_PROFILE: &str = "program";
+/// Profile running `/bin/sh -c <the job's one argument>` (the events benchmark's agents).
+pub const SHELL_PROFILE: &str = "sh";
+/// The hub's id in the PKI and in the spoke's trusted hubs.
+pub const HUB_ID: &str = HUB;
+/// The trust domain of the PKI.
+pub const TRUST_DOMAIN_NAME: &str = TRUST_DOMAIN;
 /// Above any run's job count: retention must not delete finished jobs while a case counts them.
 const RETAIN_FINISHED_MAX: usize = 1_000_000;
 
@@ -93,6 +100,12 @@ impl Fixture {
         &self.valkey_bin
     }
 
+    /// The run's temporary directory: `pki/` (see [`mosaic_hub::certs`]) and `keys/` hold the
+    /// hub's and the spoke's keys, `<name>.pem` and `<name>.pub.pem`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A scratch directory for agents' working directories.
     pub fn workdir(&self) -> PathBuf {
         self.dir.path().join("work")
@@ -144,9 +157,30 @@ impl Fixture {
         let path = root.join(format!("spoke-c{concurrency}.toml"));
         std::fs::write(
             &path,
-            spoke_toml(root, &self.valkey.url(), concurrency, program),
+            spoke_toml(
+                root,
+                &self.valkey.url(),
+                concurrency,
+                &profile(root, program),
+            ),
         )?;
         // A clean environment: the user's MOSAIC_* variables must not change what is measured.
+        Ok(SpokeConfig::load(&path, &Env::default())?)
+    }
+
+    /// Writes and loads a spoke configuration whose one profile, [`SHELL_PROFILE`], runs
+    /// `/bin/sh -c` with the job's argument, `concurrency` attempts at once.
+    pub fn shell_spoke_config(&self, concurrency: usize) -> anyhow::Result<SpokeConfig> {
+        let root = self.dir.path();
+        let path = root.join(format!("spoke-sh-c{concurrency}.toml"));
+        let profile = format!(
+            "[profiles.{SHELL_PROFILE}]\nprogram = \"/bin/sh\"\nargs = [\"-c\"]\nworkdir_root = {}\nkill_grace_ms = 1000\n",
+            q(&root.join("work").join(SHELL_PROFILE).display().to_string())
+        );
+        std::fs::write(
+            &path,
+            spoke_toml(root, &self.valkey.url(), concurrency, &profile),
+        )?;
         Ok(SpokeConfig::load(&path, &Env::default())?)
     }
 }
@@ -233,10 +267,10 @@ fn q(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-fn spoke_toml(root: &Path, valkey_url: &str, concurrency: usize, program: Option<&Path>) -> String {
-    let pki = root.join("pki");
+/// The `[profiles.*]` table of the scheduler cases: the no-op agent, or `program`.
+fn profile(root: &Path, program: Option<&Path>) -> String {
     let p = |path: PathBuf| q(&path.display().to_string());
-    let profile = match program {
+    match program {
         None => format!(
             "[profiles.{NOOP_PROFILE}]\nbuiltin = \"noop\"\nworkdir_root = {}\n",
             p(root.join("work").join(NOOP_PROFILE))
@@ -246,7 +280,12 @@ fn spoke_toml(root: &Path, valkey_url: &str, concurrency: usize, program: Option
             p(program.to_owned()),
             p(root.join("work").join(PROGRAM_PROFILE))
         ),
-    };
+    }
+}
+
+fn spoke_toml(root: &Path, valkey_url: &str, concurrency: usize, profile: &str) -> String {
+    let pki = root.join("pki");
+    let p = |path: PathBuf| q(&path.display().to_string());
     format!(
         r#"# Written by mosaic-bench.
 spoke_id = {spoke}

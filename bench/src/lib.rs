@@ -1,11 +1,15 @@
-//! Throughput benchmark of the spoke's job queue and scheduler, against BullMQ on the same
-//! `valkey-server` and against a bare loop that spawns `/bin/true`. A benchmark, not a test:
-//! it asserts nothing and never runs under `cargo test`. `./bench/run.sh` is the one command;
+//! Benchmarks of the federation. The scheduler benchmark: throughput of the spoke's job queue
+//! and scheduler, against BullMQ on the same `valkey-server` and against a bare loop that
+//! spawns `/bin/true`. The events benchmark: events from agents on one spoke through the hub
+//! to 1, 100 and 1000 watchers. A run does both unless `--only` picks one part. Benchmarks, not tests:
+//! they assert nothing and never run under `cargo test`. `./bench/run.sh` is the one command;
 //! BENCHMARKS.md records the method and the figures.
 //!
 //! Layout:
 //! - [`fixture`]: the one Valkey of a run (flushed before every measurement) and the spoke
 //!   configurations (PKI, keys, `spoke.toml`) the cases load.
+//! - [`events`]: the events benchmark: workload, watchers, and its figures.
+//! - [`hub`]: the `mosaic-hub serve` process the events benchmark measures.
 //! - [`mosaic`]: our side, in process: `Store::enqueue`, and a real spoke draining its queue.
 //! - [`bullmq`]: the BullMQ side: `bullmq/bench.mjs` under `node`, one process per measurement.
 //! - [`spawn`]: the process baselines: a bare spawn-and-reap loop, and one that spawns the way
@@ -13,7 +17,9 @@
 //! - [`report`]: the machine's description, the table on stdout and the JSON file.
 
 pub mod bullmq;
+pub mod events;
 pub mod fixture;
+pub mod hub;
 pub mod mosaic;
 pub mod report;
 pub mod spawn;
@@ -23,9 +29,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use mosaic_shared::config::Env;
 
+use crate::events::Workload;
 use crate::fixture::Fixture;
 use crate::mosaic::Agent;
-use crate::report::{Case, Report, Side};
+use crate::report::{Case, EventsCase, EventsReport, Report, Side};
 
 /// Concurrency levels of the no-op end-to-end cases.
 const NOOP_CONCURRENCY: [usize; 3] = [1, 10, 100];
@@ -37,7 +44,8 @@ const BULLMQ_TARGET: f64 = 2.0;
 const BARE_TARGET: f64 = 0.7;
 
 /// Measures the spoke's enqueue and end-to-end throughput against BullMQ and a bare spawn loop,
-/// all on one valkey-server started for the run.
+/// all on one valkey-server started for the run, and events from a spoke through a
+/// `mosaic-hub serve` process to 1, 100 and 1000 watchers.
 #[derive(Debug, clap::Parser)]
 #[command(
     version,
@@ -53,9 +61,36 @@ pub struct Args {
     /// Measure each case this many times, alternating sides; the table shows medians.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Run only one side: `rust` (ours and the spawn baselines) or `bullmq`.
+    /// Run only one part: `rust` (the scheduler, ours and the spawn baselines), `bullmq` (the
+    /// scheduler, BullMQ's side), or `events` (the event-streaming benchmark). By default,
+    /// all of them.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
+    /// Events: numbers of watchers to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    pub watchers: Vec<usize>,
+    /// Events: jobs in each timed section.
+    #[arg(long, default_value_t = 36)]
+    pub events_jobs: usize,
+    /// Events: structured progress lines each job prints (at most 200 fit the spoke's
+    /// per-attempt burst of events).
+    #[arg(long, default_value_t = 100)]
+    pub events_lines: usize,
+    /// Events: the spoke's `[queue] concurrency`.
+    #[arg(long, default_value_t = 64)]
+    pub events_concurrency: usize,
+    /// Events: events per second the steady (latency) phase aims at.
+    #[arg(long, default_value_t = 100)]
+    pub steady_rate: usize,
+    /// Events: seconds the steady phase spawns jobs for.
+    #[arg(long, default_value_t = 5.0)]
+    pub steady_seconds: f64,
+    /// Events: watch streams per HTTP/2 connection to the hub.
+    #[arg(long, default_value_t = 100)]
+    pub watchers_per_connection: usize,
+    /// Events: the `mosaic-hub` binary (default: the one beside this executable).
+    #[arg(long)]
+    pub hub_bin: Option<PathBuf>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results.json"))]
     pub out: PathBuf,
@@ -65,6 +100,7 @@ pub struct Args {
 pub enum Only {
     Rust,
     Bullmq,
+    Events,
 }
 
 /// What a case measures, and so against what.
@@ -120,11 +156,28 @@ pub async fn run(args: Args, env: &Env) -> anyhow::Result<()> {
         args.jobs > 0 && args.process_jobs > 0 && args.rounds > 0,
         "--jobs, --process-jobs and --rounds must be positive"
     );
-    let rust = args.only != Some(Only::Bullmq);
-    let node = if args.only == Some(Only::Rust) {
-        None
+    anyhow::ensure!(
+        args.events_jobs > 0
+            && args.events_concurrency > 0
+            && args.watchers_per_connection > 0
+            && args.steady_rate > 0
+            && args.steady_seconds > 0.0
+            && !args.watchers.is_empty()
+            && args.watchers.iter().all(|&n| n > 0),
+        "--events-jobs, --events-concurrency, --watchers-per-connection, --steady-rate, \
+         --steady-seconds and every --watchers value must be positive"
+    );
+    let events = matches!(args.only, None | Some(Only::Events));
+    let scheduler = args.only != Some(Only::Events);
+    let rust = matches!(args.only, None | Some(Only::Rust));
+    let node = match args.only {
+        None | Some(Only::Bullmq) => Some(bullmq::BullMq::locate()?),
+        Some(Only::Rust | Only::Events) => None,
+    };
+    let hub_bin = if events {
+        Some(hub::locate(args.hub_bin.as_deref())?)
     } else {
-        Some(bullmq::BullMq::locate()?)
+        None
     };
     let program = mosaic_hub::dev::find_program("true").context("`true` is not on PATH")?;
     let mut fx = Fixture::start(env).await?;
@@ -136,23 +189,30 @@ pub async fn run(args: Args, env: &Env) -> anyhow::Result<()> {
         fx.socket().display()
     );
 
-    let mut cases = vec![Case::new(
-        Kind::Enqueue,
-        mosaic::IN_FLIGHT,
-        args.jobs,
-        &program,
-    )];
-    for c in NOOP_CONCURRENCY {
+    let mut cases = Vec::new();
+    if scheduler {
+        cases.push(Case::new(
+            Kind::Enqueue,
+            mosaic::IN_FLIGHT,
+            args.jobs,
+            &program,
+        ));
+    }
+    for c in NOOP_CONCURRENCY.into_iter().filter(|_| scheduler) {
         cases.push(Case::new(Kind::Noop, c, args.jobs, &program));
     }
-    for kind in [Kind::Process, Kind::RunnerSpawn] {
+    for kind in [Kind::Process, Kind::RunnerSpawn]
+        .into_iter()
+        .filter(|_| scheduler)
+    {
         for c in PROCESS_CONCURRENCY {
             cases.push(Case::new(kind, c, args.process_jobs, &program));
         }
     }
 
     // Rounds alternate the sides case by case, so that drift in the machine hits both alike.
-    for round in 1..=args.rounds {
+    let scheduler_rounds = if cases.is_empty() { 0 } else { args.rounds };
+    for round in 1..=scheduler_rounds {
         eprintln!("round {round}/{}", args.rounds);
         for case in &mut cases {
             let (jobs, c) = (case.jobs, case.concurrency);
@@ -189,9 +249,45 @@ pub async fn run(args: Args, env: &Env) -> anyhow::Result<()> {
         }
     }
 
-    let report = Report::new(machine, &args, cases);
+    let events = match hub_bin {
+        Some(hub_bin) => Some(run_events(&args, &mut fx, hub_bin).await?),
+        None => None,
+    };
+
+    let report = Report::new(machine, &args, cases, events);
     println!("{}", report.table());
     report.write(&args.out)?;
     eprintln!("results written to {}", args.out.display());
     Ok(())
+}
+
+/// The events benchmark: every number of watchers once per round, in turn, so that drift in
+/// the machine hits them alike.
+async fn run_events(
+    args: &Args,
+    fx: &mut Fixture,
+    hub_bin: PathBuf,
+) -> anyhow::Result<EventsReport> {
+    let workload = Workload {
+        jobs: args.events_jobs,
+        lines: args.events_lines,
+        concurrency: args.events_concurrency,
+        per_connection: args.watchers_per_connection,
+        steady_rate: args.steady_rate,
+        steady_seconds: args.steady_seconds,
+    };
+    let mut bench = events::Bench::start(fx, hub_bin).await?;
+    let mut cases: Vec<EventsCase> = args.watchers.iter().map(|&n| EventsCase::new(n)).collect();
+    for round in 1..=args.rounds {
+        eprintln!("events round {round}/{}", args.rounds);
+        for case in &mut cases {
+            let m = bench
+                .measure(fx, &workload, case.watchers)
+                .await
+                .with_context(|| format!("{} (round {round})", case.id))?;
+            case.record(m);
+            eprintln!("  {}", case.progress());
+        }
+    }
+    Ok(EventsReport::new(workload, cases))
 }

@@ -135,20 +135,38 @@ impl Meter {
 }
 
 /// User + system CPU time of this whole process (every thread, so the spoke under test and the
-/// poller alike), from /proc/self/stat in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+/// poller alike).
 fn own_cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// User + system CPU time of a process from its `/proc/<pid>/stat`, in clock ticks of 10 ms
+/// (USER_HZ is 100 on Linux).
+pub fn cpu_seconds_of(stat_path: &str) -> anyhow::Result<f64> {
+    Ok(stat_ticks(stat_path)?.0)
+}
+
+/// User + system CPU time of this process, and of its children that it has reaped.
+pub fn own_and_children_cpu_seconds() -> anyhow::Result<(f64, f64)> {
+    stat_ticks("/proc/self/stat")
+}
+
+/// (utime + stime, cutime + cstime) of `/proc/<pid>/stat`, in seconds.
+fn stat_ticks(stat_path: &str) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(stat_path)?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15,
+    // cutime 16, cstime 17.
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
     let mut fields = rest.split_whitespace().skip(11);
     let mut tick = || -> anyhow::Result<f64> {
         Ok(fields
             .next()
-            .context("short /proc/self/stat")?
+            .with_context(|| format!("short {stat_path}"))?
             .parse::<f64>()?
             / 100.0)
     };
-    Ok(tick()? + tick()?)
+    let own = tick()? + tick()?;
+    Ok((own, tick()? + tick()?))
 }
 
 /// Enqueues `jobs` jobs for `profile` from [`IN_FLIGHT`] concurrent lanes.

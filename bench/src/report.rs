@@ -1,10 +1,11 @@
 //! What a run found: the machine, the settings, every measurement of every case, the medians
-//! and their ratio against the case's baseline, as a table for people and JSON for files.
-//! This module measures nothing.
+//! and their ratio against the case's baseline (the scheduler cases) or against one watcher
+//! (the events cases), as tables for people and JSON for files. This module measures nothing.
 
 use std::path::Path;
 
 use crate::bullmq::BullMq;
+use crate::events::{CpuSeconds, Workload};
 use crate::fixture::{Fixture, ServerLoad};
 use crate::{Args, Kind, mosaic};
 
@@ -231,11 +232,20 @@ pub struct Settings {
 pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
+    /// The scheduler cases (empty with `--only events`).
     pub cases: Vec<Case>,
+    /// The events cases, if they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsReport>,
 }
 
 impl Report {
-    pub fn new(machine: Machine, args: &Args, cases: Vec<Case>) -> Self {
+    pub fn new(
+        machine: Machine,
+        args: &Args,
+        cases: Vec<Case>,
+        events: Option<EventsReport>,
+    ) -> Self {
         Report {
             machine,
             settings: Settings {
@@ -247,11 +257,26 @@ impl Report {
                 only: args.only.map(|o| format!("{o:?}").to_lowercase()),
             },
             cases,
+            events,
         }
     }
 
-    /// The medians as a plain-text table.
+    /// The medians as plain-text tables.
     pub fn table(&self) -> String {
+        let mut out = String::new();
+        if !self.cases.is_empty() {
+            out.push_str(&self.scheduler_table());
+        }
+        if let Some(events) = &self.events {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&events.table(&self.machine, &self.settings));
+        }
+        out
+    }
+
+    fn scheduler_table(&self) -> String {
         let m = &self.machine;
         let mut out = format!(
             "mosaic {}; {} CPU(s) {}, {}, node {}, BullMQ {}; medians of {} round(s)\n\n",
@@ -327,5 +352,304 @@ impl Report {
         }
         std::fs::write(path, serde_json::to_string_pretty(self)? + "\n")?;
         Ok(())
+    }
+}
+
+/// Deliveries' end-to-end latency, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Latency {
+    pub deliveries: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+    /// Deliveries at or above the histogram's cap (then `max_ms` is the cap).
+    pub at_cap: u64,
+}
+
+impl Latency {
+    /// From a histogram: `counts[ms]` deliveries took `ms` milliseconds; `cap` and above are
+    /// counted at `cap`.
+    pub fn of(counts: &[u64], cap: usize) -> Self {
+        let deliveries: u64 = counts.iter().sum();
+        let quantile = |q: f64| -> u64 {
+            // The smallest latency with at least a fraction q of the deliveries at or below.
+            let want = ((deliveries as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (ms, &c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return ms as u64;
+                }
+            }
+            counts.len().saturating_sub(1) as u64
+        };
+        Latency {
+            deliveries,
+            p50_ms: quantile(0.50),
+            p99_ms: quantile(0.99),
+            max_ms: counts.iter().rposition(|&c| c > 0).unwrap_or(0) as u64,
+            at_cap: counts.get(cap).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// One events measurement: one number of watchers, one round.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventsMeasured {
+    pub watchers: usize,
+    /// HTTP/2 connections the watches were spread over.
+    pub connections: usize,
+    pub jobs: usize,
+    /// Events of the workload each watcher received (the most any did).
+    pub events_per_watcher: u64,
+    /// Events the hub's log gained during the timed section.
+    pub events_logged: u64,
+    /// Watchers that did not receive exactly `events_logged` events (should be 0).
+    pub watchers_short: usize,
+    /// Jobs that ended other than completed (should be 0).
+    pub jobs_not_completed: usize,
+    /// From releasing the workload until the last watcher had every event.
+    pub seconds: f64,
+    /// From releasing the workload until the spoke stamped its last event (ms resolution).
+    pub produce_seconds: f64,
+    /// Events the spoke produced per second (`events_logged / produce_seconds`).
+    pub produced_per_sec: f64,
+    /// Events delivered per watcher per second: `events_per_watcher / seconds`.
+    pub per_watcher_per_sec: f64,
+    /// Events delivered to all watchers per second: deliveries / `seconds`.
+    pub total_per_sec: f64,
+    /// Latency of the burst's deliveries: mostly waiting behind the rest of the burst.
+    pub latency: Latency,
+    /// `resync_required` ends (lag) over all watchers in the burst, each followed by a resume.
+    pub resyncs: usize,
+    pub watchers_resynced: usize,
+    /// The steady phase, at a pace the hub keeps up with.
+    pub steady: SteadyMeasured,
+    /// The hub's resident memory before any watcher, with the watchers open and idle, and its
+    /// peak (VmHWM) at the end of the timed section, in KiB.
+    pub hub_rss_before_kib: u64,
+    pub hub_rss_idle_kib: u64,
+    pub hub_rss_peak_kib: u64,
+    /// (idle − before) / watchers.
+    pub hub_kib_per_watcher: f64,
+    /// The hub process's CPU time per delivery in the burst.
+    pub hub_cpu_us_per_delivery: f64,
+    /// CPU time of each process in the burst.
+    pub cpu_seconds: CpuSeconds,
+}
+
+/// The steady phase of one measurement.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SteadyMeasured {
+    pub jobs: usize,
+    /// Events each watcher received (the most any did).
+    pub events_per_watcher: u64,
+    /// Events the hub's log gained.
+    pub events_logged: u64,
+    pub latency: Latency,
+    pub resyncs: usize,
+}
+
+/// Every round of one number of watchers, and the medians.
+#[derive(Debug, serde::Serialize)]
+pub struct EventsCase {
+    pub id: String,
+    pub watchers: usize,
+    pub rounds: Vec<EventsMeasured>,
+    pub median: Option<EventsMedians>,
+    /// Median per-watcher rate here / median per-watcher rate with one watcher.
+    pub per_watcher_ratio_to_one: Option<f64>,
+}
+
+/// Medians over the rounds of one case.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventsMedians {
+    pub events_per_watcher: f64,
+    pub produced_per_sec: f64,
+    pub per_watcher_per_sec: f64,
+    pub total_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub steady_p50_ms: f64,
+    pub steady_p99_ms: f64,
+    pub hub_kib_per_watcher: f64,
+    pub hub_rss_peak_kib: f64,
+    pub hub_cpu_us_per_delivery: f64,
+    /// Summed over the rounds, not medians: `resync_required` ends in the bursts and in the
+    /// steady phases, and watchers that missed or doubled an event (should be 0).
+    pub resyncs: usize,
+    pub steady_resyncs: usize,
+    pub watchers_short: usize,
+}
+
+impl EventsCase {
+    pub fn new(watchers: usize) -> Self {
+        EventsCase {
+            id: format!("events-w{watchers}"),
+            watchers,
+            rounds: Vec::new(),
+            median: None,
+            per_watcher_ratio_to_one: None,
+        }
+    }
+
+    /// One line for stderr after a round.
+    pub fn progress(&self) -> String {
+        let Some(m) = self.rounds.last() else {
+            return self.id.clone();
+        };
+        format!(
+            "{:<12} burst {} ev/watcher in {:.2} s: {:.0}/s per watcher, {:.0}/s total, p50 {} ms, p99 {} ms, {} resyncs; steady p50 {} ms, p99 {} ms; hub {:.1} KiB/watcher, {:.2} µs/delivery",
+            self.id,
+            m.events_per_watcher,
+            m.seconds,
+            m.per_watcher_per_sec,
+            m.total_per_sec,
+            m.latency.p50_ms,
+            m.latency.p99_ms,
+            m.resyncs,
+            m.steady.latency.p50_ms,
+            m.steady.latency.p99_ms,
+            m.hub_kib_per_watcher,
+            m.hub_cpu_us_per_delivery,
+        )
+    }
+
+    pub fn record(&mut self, m: EventsMeasured) {
+        self.rounds.push(m);
+        let med = |f: fn(&EventsMeasured) -> f64| {
+            median(&self.rounds.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
+        };
+        self.median = Some(EventsMedians {
+            events_per_watcher: med(|m| m.events_per_watcher as f64),
+            produced_per_sec: med(|m| m.produced_per_sec),
+            per_watcher_per_sec: med(|m| m.per_watcher_per_sec),
+            total_per_sec: med(|m| m.total_per_sec),
+            p50_ms: med(|m| m.latency.p50_ms as f64),
+            p99_ms: med(|m| m.latency.p99_ms as f64),
+            steady_p50_ms: med(|m| m.steady.latency.p50_ms as f64),
+            steady_p99_ms: med(|m| m.steady.latency.p99_ms as f64),
+            hub_kib_per_watcher: med(|m| m.hub_kib_per_watcher),
+            hub_rss_peak_kib: med(|m| m.hub_rss_peak_kib as f64),
+            hub_cpu_us_per_delivery: med(|m| m.hub_cpu_us_per_delivery),
+            resyncs: self.rounds.iter().map(|m| m.resyncs).sum(),
+            steady_resyncs: self.rounds.iter().map(|m| m.steady.resyncs).sum(),
+            watchers_short: self.rounds.iter().map(|m| m.watchers_short).sum(),
+        });
+    }
+}
+
+/// The events benchmark's part of a run.
+#[derive(Debug, serde::Serialize)]
+pub struct EventsReport {
+    pub workload: Workload,
+    pub cases: Vec<EventsCase>,
+}
+
+impl EventsReport {
+    pub fn new(workload: Workload, cases: Vec<EventsCase>) -> Self {
+        let mut report = EventsReport { workload, cases };
+        report.ratios();
+        report
+    }
+
+    /// Each case's per-watcher rate against the one-watcher case's, medians of the same run.
+    fn ratios(&mut self) {
+        let one = self
+            .cases
+            .iter()
+            .find(|c| c.watchers == 1)
+            .and_then(|c| c.median.as_ref())
+            .map(|m| m.per_watcher_per_sec);
+        for c in &mut self.cases {
+            c.per_watcher_ratio_to_one = one
+                .zip(c.median.as_ref())
+                .map(|(one, m)| m.per_watcher_per_sec / one);
+        }
+    }
+
+    fn table(&self, m: &Machine, settings: &Settings) -> String {
+        let w = &self.workload;
+        let mut out = format!(
+            "mosaic {} events; {} CPU(s) {}, {}; medians of {} round(s)\n\
+             burst: {} jobs × {} progress lines, spoke concurrency {}; steady: ~{} events/s for {} s; \
+             {} watches per HTTP/2 connection\n\n",
+            settings.revision.as_deref().unwrap_or("(unknown revision)"),
+            m.nproc,
+            m.cpu_model,
+            m.valkey_version,
+            settings.rounds,
+            w.jobs,
+            w.lines,
+            w.concurrency,
+            w.steady_rate,
+            w.steady_seconds,
+            w.per_connection,
+        );
+        let row = |c: [&str; 13]| {
+            format!(
+                "{:<12} {:>6} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7}\n",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+            )
+        };
+        out.push_str(&row([
+            "", "burst", "", "", "", "", "", "", "", "steady", "", "hub", "",
+        ]));
+        out.push_str(&row([
+            "case",
+            "events",
+            "produced/s",
+            "/watcher/s",
+            "total/s",
+            "ratio",
+            "p50 ms",
+            "p99 ms",
+            "resyncs",
+            "p50 ms",
+            "p99 ms",
+            "KiB/wtchr",
+            "µs/dlv",
+        ]));
+        for c in &self.cases {
+            let Some(md) = &c.median else { continue };
+            out.push_str(&row([
+                &c.id,
+                &format!("{:.0}", md.events_per_watcher),
+                &format!("{:.0}", md.produced_per_sec),
+                &format!("{:.0}", md.per_watcher_per_sec),
+                &format!("{:.0}", md.total_per_sec),
+                &c.per_watcher_ratio_to_one
+                    .map_or("-".into(), |r| format!("{r:.3}×")),
+                &format!("{:.0}", md.p50_ms),
+                &format!("{:.0}", md.p99_ms),
+                &format!("{}+{}", md.resyncs, md.steady_resyncs),
+                &format!("{:.0}", md.steady_p50_ms),
+                &format!("{:.0}", md.steady_p99_ms),
+                &format!("{:.1}", md.hub_kib_per_watcher),
+                &format!("{:.2}", md.hub_cpu_us_per_delivery),
+            ]));
+        }
+        out.push_str(
+            "\nburst: events = workload events each watcher received; produced/s = the spoke's rate; \
+             /watcher/s = events / time until the last watcher had them all;\ntotal/s = all \
+             deliveries / the same time; ratio = /watcher/s over the 1-watcher case's; latency = \
+             receipt − the event's at_ms (ms resolution;\nin the burst, mostly waiting behind the \
+             rest of it); resyncs = resync_required ends, burst+steady, summed over rounds.\nhub: \
+             KiB/wtchr = hub RSS with N idle watchers minus with none, / N; µs/dlv = hub process \
+             CPU per delivery in the burst.\n",
+        );
+        if let Some(short) = self
+            .cases
+            .iter()
+            .filter_map(|c| c.median.as_ref())
+            .map(|m| m.watchers_short)
+            .max()
+            .filter(|&s| s > 0)
+        {
+            out.push_str(&format!(
+                "WARNING: up to {short} watcher(s) per case did not receive exactly the events the hub logged\n"
+            ));
+        }
+        out
     }
 }
