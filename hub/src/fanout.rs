@@ -122,11 +122,6 @@ impl Fanout {
         Arc::new(Fanout { tx, store })
     }
 
-    /// Watchers listening now.
-    pub fn watchers(&self) -> usize {
-        self.tx.receiver_count()
-    }
-
     /// Tails the log and broadcasts what is appended, until `shutdown` turns true.
     pub async fn tail(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut pos: Option<EntryId> = None;

@@ -263,20 +263,25 @@ impl HubStore {
             .atomic()
             .cmd("HGETALL")
             .arg(self.jobs())
-            .cmd("XREVRANGE")
-            .arg(self.log())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
+            .add_command(self.newest())
             .query_async(&mut con)
             .await?;
         let snaps = jobs
             .values()
             .map(|b| self.decode_snapshot(b))
             .collect::<Result<Vec<_>, _>>()?;
-        let last = last.first().map(|(id, _)| self.parse_id(id)).transpose()?;
-        Ok((snaps, last))
+        Ok((snaps, self.newest_id(&last)?))
+    }
+
+    /// The command that reads the log's newest entry.
+    fn newest(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(self.log()).arg("+").arg("-").arg("COUNT").arg(1);
+        cmd
+    }
+
+    fn newest_id(&self, reply: &Newest) -> Result<Option<EntryId>, StoreError> {
+        reply.first().map(|(id, _)| self.parse_id(id)).transpose()
     }
 
     fn parse_id(&self, id: &str) -> Result<EntryId, StoreError> {
@@ -289,15 +294,8 @@ impl HubStore {
     /// The newest entry of the log, if any.
     pub async fn last_id(&self) -> Result<Option<EntryId>, StoreError> {
         let mut con = self.con.clone();
-        let last: Newest = redis::cmd("XREVRANGE")
-            .arg(self.log())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut con)
-            .await?;
-        last.first().map(|(id, _)| self.parse_id(id)).transpose()
+        let last: Newest = self.newest().query_async(&mut con).await?;
+        self.newest_id(&last)
     }
 
     /// Applies retention to the log and to finished jobs' snapshots. Returns how many log
