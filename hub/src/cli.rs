@@ -1,25 +1,24 @@
 //! The `mosaic-hub` command line: verbs, their output (aligned text or JSON) and exit codes.
 //!
-//! For now the client verbs sign and send commands directly with the key in `hub.toml`; when
-//! the admin API exists they move behind it with the same shape. Output goes to stdout, errors
-//! to stderr as one line that says what to do.
+//! The client verbs (spawn, status, kill, agents, queue, spokes, audit, watch) talk only to the
+//! hub's admin API with a bearer token; the hub signs the commands. Output goes to stdout (an
+//! aligned table, or with `--output json` the proto3 JSON of the API's response, the same as
+//! the HTTP API's), errors to stderr as one line that says what to do.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mosaic_shared::config::Env;
-use mosaic_shared::ids::{CommandId, HubId, JobId, ProfileName, SpokeId, WorkspaceId};
+use mosaic_shared::ids::{HubId, JobId, ProfileName, SpokeId, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::KeyPair;
-use mosaic_shared::time::unix_ms;
 
 use crate::auth;
 use crate::certs::{self, PkiPlan};
 use crate::config::HubConfig;
 use crate::render;
-use crate::spokes::{Receipt, SpokeClient, SpokeError};
 use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::admin::v1::admin_client::AdminClient;
 use mosaic_shared::tls::{self, DialOptions, Role, SpiffeId, TlsMaterial};
@@ -30,29 +29,37 @@ Examples:
   mosaic-hub -c hub.toml serve                     serve the admin API and follow the spokes' events
   mosaic-hub keygen --out keys/hub                 write keys/hub.pem and keys/hub.pub.pem
   mosaic-hub certs init --out pki --trust-domain mosaic.local --hub hub --spoke spoke-a
+  mosaic-hub token new --name ci --role operator --workspace team-a --workspace team-b
+
+  The client verbs need the hub's address, a token and the CA: --hub/--token/--hub-ca, or
+  MOSAIC_HUB_ADDR/MOSAIC_TOKEN/MOSAIC_HUB_CA, or -c hub.toml for the address and CA.
+  export MOSAIC_TOKEN=…
+  mosaic-hub -c hub.toml spokes
   mosaic-hub -c hub.toml spawn --spoke spoke-a --profile echo --workspace demo --wait -- hello
-  mosaic-hub -c hub.toml spawn --spoke spoke-a --profile shell --workspace demo \
-      --priority 9 --max-retries 2 --backoff-base 500ms --timeout 10m -- 'make test'
+  mosaic-hub -c hub.toml spawn --select region=eu --profile shell --workspace demo \
+      --request-id build-42 --priority 9 --max-retries 2 --timeout 10m -- 'make test'
   mosaic-hub -c hub.toml spawn --spoke spoke-a --profile echo --workspace demo --delay 30s -- later
-  mosaic-hub -c hub.toml status --spoke spoke-a <job id or agent id>
-  mosaic-hub -c hub.toml kill --spoke spoke-a <job id or agent id>
+  mosaic-hub -c hub.toml status <job id or agent id>
+  mosaic-hub -c hub.toml kill <job id or agent id>
+  mosaic-hub -c hub.toml agents --workspace demo --state executing --state pending
   mosaic-hub -c hub.toml queue stats --spoke spoke-a
   mosaic-hub -c hub.toml queue pause --spoke spoke-a
-  mosaic-hub -c hub.toml --output json spokes
-  mosaic-hub token new --name ci --role operator --workspace team-a --workspace team-b
-  MOSAIC_TOKEN=… mosaic-hub -c hub.toml watch --job <job id>     follow a job until it ends
-  MOSAIC_TOKEN=… mosaic-hub -c hub.toml -o json watch --workspace demo --from-oldest
+  mosaic-hub -c hub.toml audit --limit 20                  signed commands and receipts, verified
+  mosaic-hub -c hub.toml watch --job <job id>              follow a job until it ends
+  mosaic-hub -c hub.toml -o json watch --workspace demo --from-oldest
 
 Exit codes:
   0  success (for spawn --wait: the job completed)
-  1  error: config, connection, or the spoke refused the command
-  2  usage error
-  3  spawn --wait, watch --job: the job failed or was cancelled
-  4  the job or agent does not exist on that spoke
+  1  error: config, connection, or a refusal not listed here
+  2  usage error, or a request the hub found invalid
+  3  spawn --wait, watch --job: the job failed or was cancelled; audit: a record did not verify
+  4  not found (or in a workspace the token may not see)
+  5  unavailable: the hub or a spoke cannot be reached now; retrying later may work
+  6  not allowed: the token is not valid, or its role may not do this
 
 Environment:
   MOSAIC_HUB_CONFIG               path to hub.toml (instead of --config)
-  MOSAIC_HUB_ADDR, MOSAIC_TOKEN   the admin API's address and a bearer token (watch)
+  MOSAIC_HUB_ADDR, MOSAIC_TOKEN   the admin API's address and a bearer token
   MOSAIC_HUB_CA, MOSAIC_HUB_IDENTITY  the CA and spiffe://…/hub/<id> to check the hub against
   MOSAIC_HUB__<KEY>[__<SUBKEY>]   override any hub.toml key, e.g. MOSAIC_HUB__COMMAND_TTL_MS=30000
   MOSAIC_LOG, MOSAIC_LOG_FORMAT   log filter (default: warn for client verbs) and text|json";
@@ -65,7 +72,7 @@ Environment:
 #[derive(Parser, Debug)]
 #[command(name = "mosaic-hub", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Path to hub.toml (for spawn, status, kill, spokes).
+    /// Path to hub.toml (for serve; for the client verbs, the admin API's address and CA).
     #[arg(long, short, global = true, env = "MOSAIC_HUB_CONFIG")]
     pub config: Option<PathBuf>,
     /// Output format.
@@ -99,19 +106,25 @@ pub enum Command {
     /// Development PKI: a CA and a certificate per hub and spoke.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Queue a job on a spoke that runs an agent from one of its profiles, retried on failure.
+    /// Queue a job that runs an agent from a spoke's profile, retried on failure: on a named
+    /// spoke, or on the least-loaded healthy spoke matching --select that offers the profile.
     Spawn(SpawnArgs),
     /// Show a job (by job id or the agent id of an attempt): state, attempts, exit codes,
     /// errors and the last attempt's output tail.
     Status(JobArgs),
     /// Cancel a job: remove it if it waits; otherwise SIGTERM its attempt's process group, then
     /// SIGKILL after the profile's grace. A cancelled job is never retried.
-    Kill(JobArgs),
-    /// Operate a spoke's queue: counts, pause and resume dispatch, remove a waiting job.
+    Kill(KillArgs),
+    /// List jobs and their current agents, newest first, from the hub's record of events.
+    Agents(AgentsArgs),
+    /// Operate a spoke's queue: counts, pause and resume dispatch.
     #[command(subcommand)]
     Queue(QueueCommand),
-    /// List configured spokes with their reachability, version, profiles and queue.
-    Spokes,
+    /// List configured spokes with their labels, reachability, version, profiles and queue.
+    Spokes(SpokesArgs),
+    /// List the commands the hub signed with the spokes' signed receipts, and verify each
+    /// (with the keys in --config if given, else the hub's own check). Admin tokens only.
+    Audit(AuditArgs),
     /// Admin API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -189,12 +202,12 @@ pub enum QueueCommand {
     Pause(SpokeArg),
     /// Start jobs again.
     Resume(SpokeArg),
-    /// Remove a pending or delayed job (it ends cancelled); a running job needs `kill`.
-    Remove(JobArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct SpokeArg {
+    #[command(flatten)]
+    pub hub: HubTarget,
     /// The spoke whose queue to operate.
     #[arg(long)]
     pub spoke: SpokeId,
@@ -224,9 +237,14 @@ pub enum CertsCommand {
 
 #[derive(Args, Debug)]
 pub struct SpawnArgs {
-    /// Spoke to run on.
-    #[arg(long)]
-    pub spoke: SpokeId,
+    #[command(flatten)]
+    pub hub: HubTarget,
+    /// Spoke to run on ...
+    #[arg(long, conflicts_with = "select")]
+    pub spoke: Option<SpokeId>,
+    /// ... or a label the spoke must have, KEY=VALUE (repeatable; none: any spoke).
+    #[arg(long = "select", value_parser = parse_env)]
+    pub select: Vec<(String, String)>,
     /// Agent profile configured on that spoke.
     #[arg(long)]
     pub profile: ProfileName,
@@ -239,11 +257,10 @@ pub struct SpawnArgs {
     /// Environment variable for the agent, NAME=VALUE (repeatable; the profile must allow NAME).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Reuse a command id to retry safely: while the spoke remembers the id (until the first
-    /// command's validity window has passed), a repeat returns the original receipt and runs
-    /// nothing.
+    /// Your id for this request: repeating the command with the same id (after a timeout, or a
+    /// hub restart) returns the first answer and never spawns twice.
     #[arg(long)]
-    pub command_id: Option<CommandId>,
+    pub request_id: Option<String>,
     /// Priority 1-10 (10 runs first; FIFO within a priority). Default: the spoke's.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub priority: Option<u32>,
@@ -276,11 +293,68 @@ pub struct SpawnArgs {
 
 #[derive(Args, Debug)]
 pub struct JobArgs {
-    /// Spoke the job is on.
+    #[command(flatten)]
+    pub hub: HubTarget,
+    /// Spoke the job is on (default: where the hub placed it or heard of it).
     #[arg(long)]
-    pub spoke: SpokeId,
+    pub spoke: Option<SpokeId>,
     /// The job id printed by spawn, or the agent id of one of its attempts.
-    pub id: JobId,
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SpokesArgs {
+    #[command(flatten)]
+    pub hub: HubTarget,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Your id for this request (see spawn --request-id).
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub hub: HubTarget,
+    /// Only this workspace.
+    #[arg(long)]
+    pub workspace: Option<WorkspaceId>,
+    /// Only jobs on this spoke.
+    #[arg(long)]
+    pub spoke: Option<SpokeId>,
+    /// Only jobs in this state (repeatable): pending, delayed, assigned, executing, completed,
+    /// failed, cancelled.
+    #[arg(long = "state")]
+    pub states: Vec<String>,
+    /// At most this many (1-1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Continue after a previous page (printed when there are more).
+    #[arg(long)]
+    pub page_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub hub: HubTarget,
+    /// Only commands sent to this spoke.
+    #[arg(long)]
+    pub spoke: Option<SpokeId>,
+    /// Only this command.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// At most this many (1-1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Continue after a previous page (printed when there are more).
+    #[arg(long)]
+    pub page_token: Option<String>,
 }
 
 /// `250ms`, `30s`, `5m`, `2h`, or a bare number of milliseconds.
@@ -335,17 +409,6 @@ impl<E: std::fmt::Display> From<E> for CliError {
     }
 }
 
-fn spoke_error(e: SpokeError) -> CliError {
-    let code = match &e {
-        SpokeError::Refused { code, .. } if *code == tonic::Code::NotFound => 4,
-        _ => 1,
-    };
-    CliError {
-        code,
-        message: e.to_string(),
-    }
-}
-
 pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
     let output = cli.output;
     match cli.command {
@@ -353,7 +416,10 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             code: 1,
             message: format!("{e:#}"),
         }),
-        Command::Watch(args) => watch(args, cli.config, output, env).await,
+        Command::Watch(args) => {
+            let hub = args.hub.clone();
+            watch(args, &hub, cli.config, output, env).await
+        }
         Command::Serve => {
             let config = load_config(cli.config, env)?;
             let listen = match &config.serve {
@@ -443,166 +509,249 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Spawn(args) => {
-            let hub = load_config(cli.config, env)?;
-            let client = dial(&hub, &args.spoke).await?;
-            let id = args.command_id.clone().unwrap_or_else(CommandId::generate);
-            let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-            let action = pb::command::Action::Spawn(pb::Spawn {
-                profile: args.profile.to_string(),
-                workspace: args.workspace.to_string(),
-                args: args.args,
-                env: args.env.into_iter().collect(),
-                workdir: args.workdir,
-                priority: args.priority,
-                delay_ms: ms(args.delay),
-                not_before_ms: args.not_before,
-                max_retries: args.max_retries,
-                backoff_base_ms: ms(args.backoff_base),
-                backoff_cap_ms: ms(args.backoff_cap),
-                attempt_timeout_ms: ms(args.timeout),
-            });
-            let started = Instant::now();
-            let envelope = hub.signer.seal(&id, &args.spoke, action, unix_ms());
-            let receipt = client
-                .send(&hub.signer, &id, envelope)
-                .await
-                .map_err(spoke_error)?;
-            let round_trip = started.elapsed();
-            let mut job = expect_job(&receipt)?.clone();
-            if args.wait {
-                job = wait_for_end(&hub, &client, &job.job_id).await?;
-            }
-            print_job(output, &receipt, &job, Some(round_trip));
-            Ok(if !args.wait || job.state() == pb::JobState::Completed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
+            let target = admin_target(&args.hub, cli.config, env)?;
+            spawn(args, &target, output).await
         }
         Command::Status(args) => {
-            let action = pb::command::Action::Status(pb::Status {
-                id: args.id.to_string(),
-            });
-            job_verb(cli.config, env, output, &args.spoke, action).await
+            let target = admin_target(&args.hub, cli.config, env)?;
+            let request = admin::GetStatusRequest {
+                id: args.id,
+                spoke_id: opt_string(args.spoke),
+            };
+            let mut client = target.client().await?;
+            let r = client
+                .get_status(target.request(request)?)
+                .await
+                .map_err(|s| admin_error(&s))?
+                .into_inner();
+            print_job(output, &r);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Kill(args) => {
-            let action = pb::command::Action::Kill(pb::Kill {
-                id: args.id.to_string(),
-            });
-            job_verb(cli.config, env, output, &args.spoke, action).await
+            let target = admin_target(&args.job.hub, cli.config, env)?;
+            let request = admin::KillRequest {
+                id: args.job.id,
+                spoke_id: opt_string(args.job.spoke),
+                request_id: args.request_id.unwrap_or_default(),
+            };
+            let mut client = target.client().await?;
+            let r = client
+                .kill(target.request(request)?)
+                .await
+                .map_err(|s| admin_error(&s))?
+                .into_inner();
+            print_job(output, &r);
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Queue(QueueCommand::Remove(args)) => {
-            let action = pb::command::Action::RemoveJob(pb::RemoveJob {
-                job_id: args.id.to_string(),
-            });
-            job_verb(cli.config, env, output, &args.spoke, action).await
+        Command::Agents(args) => {
+            let target = admin_target(&args.hub, cli.config, env)?;
+            let mut states = Vec::new();
+            for s in &args.states {
+                let st = pb::JobState::from_str_name(&format!("JOB_STATE_{}", s.to_ascii_uppercase()))
+                    .filter(|s| *s != pb::JobState::Unspecified)
+                    .ok_or_else(|| usage(format!("--state: {s:?} is not one of pending, delayed, assigned, executing, completed, failed, cancelled")))?;
+                states.push(st as i32);
+            }
+            let request = admin::ListAgentsRequest {
+                workspace: opt_string(args.workspace),
+                spoke_id: opt_string(args.spoke),
+                states,
+                limit: args.limit,
+                page_token: args.page_token.unwrap_or_default(),
+            };
+            let mut client = target.client().await?;
+            let r = client
+                .list_agents(target.request(request)?)
+                .await
+                .map_err(|s| admin_error(&s))?
+                .into_inner();
+            emit_message(output, &r, || agents_table(&r));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Queue(q) => {
-            let (spoke, action) = match q {
-                QueueCommand::Stats(s) => {
-                    (s.spoke, pb::command::Action::QueueStats(pb::QueueStats {}))
-                }
-                QueueCommand::Pause(s) => {
-                    (s.spoke, pb::command::Action::PauseQueue(pb::PauseQueue {}))
-                }
-                QueueCommand::Resume(s) => (
-                    s.spoke,
-                    pb::command::Action::ResumeQueue(pb::ResumeQueue {}),
-                ),
-                QueueCommand::Remove(_) => unreachable!("handled above"),
+            let (arg, verb) = match &q {
+                QueueCommand::Stats(s) => (s, "stats"),
+                QueueCommand::Pause(s) => (s, "pause"),
+                QueueCommand::Resume(s) => (s, "resume"),
             };
-            let hub = load_config(cli.config, env)?;
-            let client = dial(&hub, &spoke).await?;
-            let receipt = client
-                .execute(&hub.signer, action)
-                .await
-                .map_err(spoke_error)?;
-            let q = receipt
-                .queue()
-                .ok_or("the spoke answered a queue command without queue counts")?;
-            emit(output, &queue_json(&spoke, q), || queue_text(&spoke, q));
+            let spoke = &arg.spoke;
+            let target = admin_target(&arg.hub, cli.config, env)?;
+            let mut client = target.client().await?;
+            let request = target.request(admin::QueueRequest {
+                spoke_id: spoke.to_string(),
+            })?;
+            let r = match verb {
+                "stats" => client.queue_stats(request).await,
+                "pause" => client.pause_queue(request).await,
+                _ => client.resume_queue(request).await,
+            }
+            .map_err(|s| admin_error(&s))?
+            .into_inner();
+            let counts = r.queue.unwrap_or_default();
+            emit_message(output, &r, || queue_text(spoke, &counts));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Spokes => {
-            let hub = load_config(cli.config, env)?;
-            let mut rows = Vec::new();
-            for entry in &hub.spokes {
-                let started = Instant::now();
-                let info = match SpokeClient::connect(&hub, &entry.id).await {
-                    Ok(c) => c.info().await,
-                    Err(e) => Err(e),
-                };
-                let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
-                rows.push(match info {
-                    Ok(i) => serde_json::json!({
-                        "spoke": entry.id.to_string(), "address": entry.address, "reachable": true,
-                        "rtt_ms": (rtt_ms * 10.0).round() / 10.0, "version": i.version,
-                        "profiles": i.profiles, "receipt_key_id": i.receipt_key_id, "error": null,
-                        "queue": i.queue.map(|q| queue_json(&entry.id, &q)),
-                    }),
-                    Err(e) => serde_json::json!({
-                        "spoke": entry.id.to_string(), "address": entry.address, "reachable": false,
-                        "rtt_ms": null, "version": null, "profiles": [], "receipt_key_id": null,
-                        "error": e.to_string(), "queue": null,
-                    }),
-                });
-            }
-            emit(output, &serde_json::json!({ "spokes": rows }), || {
-                spokes_table(&rows)
-            });
+        Command::Spokes(args) => {
+            let target = admin_target(&args.hub, cli.config, env)?;
+            let mut client = target.client().await?;
+            let r = client
+                .list_spokes(target.request(admin::ListSpokesRequest {})?)
+                .await
+                .map_err(|s| admin_error(&s))?
+                .into_inner();
+            emit_message(output, &r, || spokes_table(&r.spokes));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(args) => {
+            let hub = args.hub.clone();
+            audit(args, &hub, cli.config, env, output).await
         }
     }
 }
 
-async fn job_verb(
+fn opt_string(v: Option<impl ToString>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+async fn spawn(
+    args: SpawnArgs,
+    target: &AdminTarget,
+    output: Output,
+) -> Result<ExitCode, CliError> {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    let request = admin::SpawnRequest {
+        request_id: args.request_id.unwrap_or_default(),
+        spoke_id: opt_string(args.spoke),
+        selector: args.select.into_iter().collect(),
+        spawn: Some(pb::Spawn {
+            profile: args.profile.to_string(),
+            workspace: args.workspace.to_string(),
+            args: args.args,
+            env: args.env.into_iter().collect(),
+            workdir: args.workdir,
+            priority: args.priority,
+            delay_ms: ms(args.delay),
+            not_before_ms: args.not_before,
+            max_retries: args.max_retries,
+            backoff_base_ms: ms(args.backoff_base),
+            backoff_cap_ms: ms(args.backoff_cap),
+            attempt_timeout_ms: ms(args.timeout),
+        }),
+    };
+    let mut client = target.client().await?;
+    let mut r = client
+        .spawn(target.request(request)?)
+        .await
+        .map_err(|s| admin_error(&s))?
+        .into_inner();
+    if args.wait {
+        r = wait_for_end(target, &mut client, &r).await?;
+    }
+    print_job(output, &r);
+    let state = r.job.as_ref().map(|j| j.state()).unwrap_or_default();
+    Ok(if !args.wait || state == pb::JobState::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// Asks for the job's status until it is terminal, backing off to once a second.
+async fn wait_for_end(
+    target: &AdminTarget,
+    client: &mut AdminClient<tonic::transport::Channel>,
+    spawned: &admin::JobResponse,
+) -> Result<admin::JobResponse, CliError> {
+    let job = spawned
+        .job
+        .as_ref()
+        .ok_or("the hub answered without a job")?;
+    let mut current = spawned.clone();
+    let mut delay = Duration::from_millis(50);
+    while !is_job_terminal(current.job.as_ref().map(|j| j.state()).unwrap_or_default()) {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        current = client
+            .get_status(target.request(admin::GetStatusRequest {
+                id: job.job_id.clone(),
+                spoke_id: spawned.spoke_id.clone(),
+            })?)
+            .await
+            .map_err(|s| admin_error(&s))?
+            .into_inner();
+    }
+    Ok(current)
+}
+
+async fn audit(
+    args: AuditArgs,
+    hub: &HubTarget,
     config: Option<PathBuf>,
     env: &Env,
     output: Output,
-    spoke: &SpokeId,
-    action: pb::command::Action,
 ) -> Result<ExitCode, CliError> {
-    let hub = load_config(config, env)?;
-    let client = dial(&hub, spoke).await?;
-    let receipt = client
-        .execute(&hub.signer, action)
+    // Keys of our own, if we have the hub's config: then the check does not rest on the hub.
+    let local = config
+        .as_ref()
+        .map(|p| load_config(Some(p.clone()), env))
+        .transpose()?;
+    let target = admin_target(hub, config, env)?;
+    let mut client = target.client().await?;
+    let mut r = client
+        .audit(target.request(admin::AuditRequest {
+            spoke_id: opt_string(args.spoke),
+            command_id: args.command.unwrap_or_default(),
+            limit: args.limit,
+            page_token: args.page_token.unwrap_or_default(),
+        })?)
         .await
-        .map_err(spoke_error)?;
-    print_job(output, &receipt, expect_job(&receipt)?, None);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn expect_job(receipt: &Receipt) -> Result<&pb::JobStatus, CliError> {
-    receipt
-        .job()
-        .ok_or_else(|| "the spoke answered without a job".into())
-}
-
-/// Polls status until the job is terminal. Status commands are cheap and each is signed and
-/// receipted like any other.
-async fn wait_for_end(
-    hub: &HubConfig,
-    client: &SpokeClient,
-    job_id: &str,
-) -> Result<pb::JobStatus, CliError> {
-    let mut delay = Duration::from_millis(20);
-    loop {
-        let receipt = client
-            .execute(
-                &hub.signer,
-                pb::command::Action::Status(pb::Status {
-                    id: job_id.to_owned(),
-                }),
-            )
-            .await
-            .map_err(spoke_error)?;
-        let job = expect_job(&receipt)?;
-        if is_job_terminal(job.state()) {
-            return Ok(job.clone());
+        .map_err(|s| admin_error(&s))?
+        .into_inner();
+    let checked_by = match &local {
+        Some(c) => {
+            let hub_key = c.signer.public();
+            let hubs = std::collections::HashMap::from([(hub_key.id().to_string(), hub_key)]);
+            let spokes = c
+                .spokes
+                .iter()
+                .map(|s| (s.id.to_string(), s.receipt_key.clone()))
+                .collect();
+            for rec in &mut r.records {
+                match crate::audit::verify(rec, &hubs, &spokes) {
+                    Ok(()) => {
+                        rec.verified = true;
+                        rec.verify_error.clear();
+                    }
+                    Err(why) => {
+                        rec.verified = false;
+                        rec.verify_error = why;
+                    }
+                }
+            }
+            "the keys in hub.toml"
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
-    }
+        None => "the hub (pass --config hub.toml to check with your own keys)",
+    };
+    let failed = r.records.iter().filter(|r| !r.verified).count();
+    emit_message(output, &r, || {
+        let mut t = audit_table(&r);
+        t.push_str(&format!(
+            "{} records, {} verified by {checked_by}{}\n",
+            r.records.len(),
+            r.records.len() - failed,
+            if r.next_page_token.is_empty() {
+                String::new()
+            } else {
+                format!("; more with --page-token {}", r.next_page_token)
+            }
+        ));
+        t
+    });
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 pub fn is_job_terminal(s: pb::JobState) -> bool {
@@ -617,10 +766,6 @@ fn load_config(path: Option<PathBuf>, env: &Env) -> Result<HubConfig, CliError> 
         "no hub config: pass --config hub.toml or set MOSAIC_HUB_CONFIG (mosaic-hub dev prints one)",
     )?;
     Ok(HubConfig::load(&path, env)?)
-}
-
-async fn dial(hub: &HubConfig, spoke: &SpokeId) -> Result<SpokeClient, CliError> {
-    SpokeClient::connect(hub, spoke).await.map_err(spoke_error)
 }
 
 fn with_ext(prefix: &std::path::Path, ext: &str) -> PathBuf {
@@ -700,21 +845,32 @@ pub fn job_state_name(s: pb::JobState) -> &'static str {
     }
 }
 
-fn print_job(output: Output, receipt: &Receipt, j: &pb::JobStatus, rtt: Option<Duration>) {
-    let mut json = job_json(&receipt.spoke_id, j);
-    json["receipt"] = serde_json::json!({
-        "command_id": receipt.command_id.to_string(),
-        "key_id": receipt.signed.key_id,
-        "executed_at_ms": receipt.executed_at_ms,
+fn print_job(output: Output, r: &admin::JobResponse) {
+    let job = r.job.clone().unwrap_or_default();
+    emit_message(output, r, || {
+        let mut t = job_text(&r.spoke_id, &job);
+        if r.replayed {
+            t.push_str(
+                "(the answer to an earlier request with this request id; nothing was done again)\n",
+            );
+        }
+        t
     });
-    if let Some(rtt) = rtt {
-        json["round_trip_ms"] = serde_json::json!((rtt.as_secs_f64() * 10_000.0).round() / 10.0);
+}
+
+/// A response: as its proto3 JSON (the HTTP API's form), or as text.
+fn emit_message<M: serde::Serialize>(output: Output, message: &M, text: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(message).expect("responses always serialize")
+        ),
+        Output::Table => print!("{}", text()),
     }
-    emit(output, &json, || job_text(&receipt.spoke_id, j));
 }
 
 /// A job as aligned `field  value` lines, one line per attempt, then the last output tail.
-pub fn job_text(spoke: &SpokeId, j: &pb::JobStatus) -> String {
+pub fn job_text(spoke: &str, j: &pb::JobStatus) -> String {
     let mut state = job_state_name(j.state()).to_owned();
     if j.queue_paused {
         state.push_str(" (queue paused)");
@@ -787,7 +943,7 @@ pub fn queue_json(spoke: &SpokeId, q: &pb::QueueCounts) -> serde_json::Value {
     })
 }
 
-fn queue_text(spoke: &SpokeId, q: &pb::QueueCounts) -> String {
+fn queue_text(spoke: impl std::fmt::Display, q: &pb::QueueCounts) -> String {
     format!(
         "spoke      {spoke}\ndispatch   {}\npending    {}\ndelayed    {}\nactive     {}\ncompleted  {}\nfailed     {}\ncancelled  {}\n",
         if q.paused { "paused" } else { "running" },
@@ -800,62 +956,160 @@ fn queue_text(spoke: &SpokeId, q: &pb::QueueCounts) -> String {
     )
 }
 
-fn spokes_table(rows: &[serde_json::Value]) -> String {
-    let cell = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        serde_json::Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    };
-    let table: Vec<[String; 6]> = rows
+fn spokes_table(spokes: &[admin::SpokeHealth]) -> String {
+    let rows = spokes
         .iter()
-        .map(|r| {
-            [
-                cell(&r["spoke"]),
-                cell(&r["address"]),
-                if r["reachable"] == true {
-                    "yes".into()
+        .map(|h| {
+            let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let q = h.queue.unwrap_or_default();
+            vec![
+                h.spoke_id.clone(),
+                h.address.clone(),
+                if h.reachable { "yes" } else { "no" }.into(),
+                if h.reachable {
+                    format!("{:.1}", h.rtt_ms)
                 } else {
-                    "no".into()
+                    "-".into()
                 },
-                cell(&r["rtt_ms"]),
-                cell(&r["version"]),
-                if r["reachable"] == true {
-                    cell(&r["profiles"])
+                or_dash(&h.version),
+                or_dash(&labels.join(",")),
+                if h.reachable {
+                    format!("{}/{}", q.active, q.pending)
                 } else {
-                    cell(&r["error"])
+                    "-".into()
+                },
+                if h.reachable {
+                    h.profiles.join(",")
+                } else {
+                    h.error.clone()
                 },
             ]
         })
         .collect();
-    let header = [
-        "SPOKE",
-        "ADDRESS",
-        "REACHABLE",
-        "RTT_MS",
-        "VERSION",
-        "PROFILES",
-    ]
-    .map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &table {
+    table(
+        &[
+            "SPOKE",
+            "ADDRESS",
+            "REACHABLE",
+            "RTT_MS",
+            "VERSION",
+            "LABELS",
+            "ACTIVE/PENDING",
+            "PROFILES",
+        ],
+        rows,
+    )
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn agents_table(r: &admin::ListAgentsResponse) -> String {
+    let rows = r
+        .jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.job_id.clone(),
+                j.spoke_id.clone(),
+                j.workspace.clone(),
+                job_state_name(j.state()).into(),
+                or_dash(&j.agent_id),
+                if j.agent_id.is_empty() {
+                    "-".into()
+                } else {
+                    state_name(j.agent_state()).into()
+                },
+                if j.progress > 0 {
+                    format!("{}%", j.progress)
+                } else {
+                    "-".into()
+                },
+                timestamp(j.at_ms),
+                or_dash(&j.error),
+            ]
+        })
+        .collect();
+    let mut t = table(
+        &[
+            "JOB",
+            "SPOKE",
+            "WORKSPACE",
+            "STATE",
+            "AGENT",
+            "AGENT_STATE",
+            "PROGRESS",
+            "UPDATED",
+            "ERROR",
+        ],
+        rows,
+    );
+    if !r.next_page_token.is_empty() {
+        t.push_str(&format!("more: --page-token {}\n", r.next_page_token));
+    }
+    t
+}
+
+fn audit_table(r: &admin::AuditResponse) -> String {
+    let rows = r
+        .records
+        .iter()
+        .map(|a| {
+            vec![
+                timestamp(a.at_ms),
+                a.command_id.clone(),
+                a.spoke_id.clone(),
+                a.verb.clone(),
+                or_dash(&a.caller),
+                or_dash(&a.workspace),
+                a.outcome.clone(),
+                if a.verified {
+                    "yes".into()
+                } else {
+                    format!("NO: {}", a.verify_error)
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SIGNED",
+            "COMMAND",
+            "SPOKE",
+            "VERB",
+            "CALLER",
+            "WORKSPACE",
+            "OUTCOME",
+            "VERIFIED",
+        ],
+        rows,
+    )
+}
+
+/// Rows under a header, each column as wide as its widest cell, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     std::iter::once(&header)
-        .chain(&table)
+        .chain(&rows)
         .map(|row| {
             let mut line = String::new();
-            for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+            for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
                 if i + 1 == row.len() {
                     line.push_str(c);
                 } else {
-                    line.push_str(&format!("{c:<w$}  "));
+                    line.push_str(c);
+                    line.push_str(&" ".repeat(w - c.chars().count() + 2));
                 }
             }
             line.push('\n');
@@ -963,15 +1217,22 @@ impl AdminTarget {
     }
 }
 
-/// An admin API refusal as a CLI error: not found exits 4, the rest 1.
+/// An admin API refusal as a CLI error, with the exit code its kind has (see `--help`).
 fn admin_error(s: &tonic::Status) -> CliError {
+    use tonic::Code as C;
+    let code = match s.code() {
+        C::InvalidArgument | C::OutOfRange => 2,
+        C::NotFound => 4,
+        C::Unavailable | C::DeadlineExceeded => 5,
+        C::Unauthenticated | C::PermissionDenied => 6,
+        _ => 1,
+    };
+    let reason = reason_of(s, crate::admin::REASON_KEY)
+        .map(|r| format!(", {r}"))
+        .unwrap_or_default();
     CliError {
-        code: if s.code() == tonic::Code::NotFound {
-            4
-        } else {
-            1
-        },
-        message: format!("the hub refused: {} ({:?})", s.message(), s.code()),
+        code,
+        message: format!("the hub refused: {} ({:?}{reason})", s.message(), s.code()),
     }
 }
 
@@ -984,12 +1245,13 @@ fn reason_of(s: &tonic::Status, key: &str) -> Option<String> {
 
 async fn watch(
     args: WatchArgs,
+    hub: &HubTarget,
     config: Option<PathBuf>,
     output: Output,
     env: &Env,
 ) -> Result<ExitCode, CliError> {
     use admin::watch_request::{Scope, Start};
-    let target = admin_target(&args.hub, config, env)?;
+    let target = admin_target(hub, config, env)?;
     let scope = match (&args.workspace, &args.job, &args.spoke) {
         (Some(w), _, _) => Scope::Workspace(w.to_string()),
         (_, Some(j), _) => Scope::JobId(j.to_string()),

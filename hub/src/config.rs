@@ -10,6 +10,7 @@ use mosaic_shared::config::{self, ConfigError, Env};
 use mosaic_shared::ids::{HubId, SpokeId};
 use mosaic_shared::signing::{KeyPair, PublicKey};
 
+use crate::placement::Labels;
 use crate::sign::Signer;
 use mosaic_shared::tls::{self, Role, SpiffeId, TlsMaterial, TlsPaths};
 
@@ -36,6 +37,32 @@ struct Raw {
     tokens: Option<PathBuf>,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    retain_max: u64,
+    retain_ms: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            retain_max: 100_000,
+            retain_ms: 30 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// The audit trail's retention: records beyond either bound are removed, oldest first. It
+/// also bounds how long a client's request id is remembered.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub retain_max: u64,
+    pub retain: Duration,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -91,6 +118,9 @@ struct RawSpoke {
     address: String,
     /// The spoke's receipt-signing public key (PEM).
     receipt_key: PathBuf,
+    /// Labels that spawns select spokes by, e.g. `{ region = "eu", gpu = "a100" }`.
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +128,7 @@ pub struct SpokeEntry {
     pub id: SpokeId,
     pub address: String,
     pub receipt_key: PublicKey,
+    pub labels: Labels,
 }
 
 pub struct HubConfig {
@@ -112,6 +143,7 @@ pub struct HubConfig {
     /// Set when the file has what `serve` needs; `serve` reports what is missing otherwise.
     pub serve: Result<ServeConfig, ConfigError>,
     pub events: EventsConfig,
+    pub audit: AuditConfig,
 }
 
 impl HubConfig {
@@ -144,6 +176,9 @@ impl HubConfig {
         let e = raw.events;
         mosaic_shared::stream::check_retention(e.retain_max, e.retain_ms)
             .map_err(|(field, message)| invalid(&format!("events.{field}"), message.into()))?;
+        let a = raw.audit;
+        mosaic_shared::stream::check_retention(a.retain_max, a.retain_ms)
+            .map_err(|(field, message)| invalid(&format!("audit.{field}"), message.into()))?;
         if !(16..=1_000_000).contains(&e.subscriber_buffer) {
             return Err(invalid(
                 "events.subscriber_buffer",
@@ -182,10 +217,13 @@ impl HubConfig {
             }
             let receipt_key = PublicKey::load(&config::resolve(base, &s.receipt_key))
                 .map_err(|e| invalid(&format!("spokes[{i}].receipt_key"), e.to_string()))?;
+            let labels =
+                Labels::new(s.labels).map_err(|e| invalid(&format!("spokes[{i}].labels"), e))?;
             spokes.push(SpokeEntry {
                 id: s.id,
                 address: s.address,
                 receipt_key,
+                labels,
             });
         }
         Ok(HubConfig {
@@ -204,6 +242,10 @@ impl HubConfig {
                 retain_max: e.retain_max,
                 retain: Duration::from_millis(e.retain_ms),
                 subscriber_buffer: e.subscriber_buffer,
+            },
+            audit: AuditConfig {
+                retain_max: a.retain_max,
+                retain: Duration::from_millis(a.retain_ms),
             },
         })
     }

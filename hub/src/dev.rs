@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use mosaic_shared::config::Env;
-use mosaic_shared::ids::SpokeId;
+use mosaic_shared::pb::admin::v1 as admin_pb;
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::KeyPair;
 use mosaic_shared::tls::Role;
@@ -24,7 +24,6 @@ use tokio::sync::watch;
 use crate::certs::{self, PkiPlan};
 use crate::cli::{is_job_terminal, job_state_name, job_text};
 use crate::config::HubConfig;
-use crate::spokes::SpokeClient;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -149,8 +148,10 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
         println!("  {exe} watch --workspace demo          # live events through the hub");
         println!("  {exe} spokes");
         println!("  {exe} spawn --spoke spoke-a --profile echo --workspace demo --wait -- hello");
-        println!("  {exe} spawn --spoke spoke-b --profile sleep --workspace demo -- 300");
-        println!("  {exe} kill --spoke spoke-b <job id>");
+        println!("  {exe} spawn --select zone=b --profile sleep --workspace demo -- 300");
+        println!("  {exe} agents --workspace demo");
+        println!("  {exe} kill <job id>");
+        println!("  {exe} audit");
         println!("\nPress Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
         println!("\nstopping: spokes end their agents, then Valkey stops");
@@ -164,70 +165,175 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn demo(hub: &HubConfig, admin: std::net::SocketAddr, token: &str) -> anyhow::Result<()> {
-    let a: SpokeId = SPOKES[0].parse()?;
-    let b: SpokeId = SPOKES[1].parse()?;
-    let spoke_a = SpokeClient::connect(hub, &a).await?;
-    let spoke_b = SpokeClient::connect(hub, &b).await?;
+/// The admin API as the demo's client: a channel and the token.
+struct Client {
+    api: admin_pb::admin_client::AdminClient<tonic::transport::Channel>,
+    token: String,
+}
 
-    println!("\n1. spawn `echo` on {a}; the job is queued, runs and completes");
-    let started = Instant::now();
-    let r = spoke_a
-        .execute(&hub.signer, spawn("echo", &["hello from", "spoke-a"], None))
+impl Client {
+    async fn connect(
+        hub: &HubConfig,
+        admin: std::net::SocketAddr,
+        token: &str,
+    ) -> anyhow::Result<Self> {
+        let channel = mosaic_shared::tls::connect(
+            &admin.to_string(),
+            mosaic_shared::tls::SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB),
+            &hub.tls,
+            mosaic_shared::tls::DialOptions::default(),
+        )
         .await?;
-    let job = r.job().context("no job in the receipt")?;
+        Ok(Client {
+            api: admin_pb::admin_client::AdminClient::new(channel),
+            token: token.to_owned(),
+        })
+    }
+
+    fn request<T>(&self, m: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {}", self.token).parse()?);
+        Ok(r)
+    }
+
+    async fn spawn(&mut self, r: admin_pb::SpawnRequest) -> anyhow::Result<admin_pb::JobResponse> {
+        let r = self.request(r)?;
+        Ok(self.api.spawn(r).await?.into_inner())
+    }
+
+    async fn status(&mut self, job: &str) -> anyhow::Result<pb::JobStatus> {
+        let r = self.request(admin_pb::GetStatusRequest {
+            id: job.to_owned(),
+            ..Default::default()
+        })?;
+        self.api
+            .get_status(r)
+            .await?
+            .into_inner()
+            .job
+            .context("no job in the answer")
+    }
+
+    /// Polls a job's status until `done` holds for its state (30 s at most).
+    async fn poll(
+        &mut self,
+        job: &str,
+        done: impl Fn(pb::JobState) -> bool,
+    ) -> anyhow::Result<pb::JobStatus> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = self.status(job).await?;
+            if done(j.state()) {
+                return Ok(j);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "job {job} is still {} after 30 s",
+                    job_state_name(j.state())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn demo(hub: &HubConfig, admin: std::net::SocketAddr, token: &str) -> anyhow::Result<()> {
+    let (a, b) = (SPOKES[0], SPOKES[1]);
+    let mut c = Client::connect(hub, admin, token).await?;
+
     println!(
-        "   signed receipt in {:.1} ms: job {} is {}",
+        "\n1. spawn `echo` on {a} through the hub's admin API; the job is queued, runs and completes"
+    );
+    let started = Instant::now();
+    let r = c
+        .spawn(spawn(
+            Some(a),
+            &[],
+            "echo",
+            &["hello from", "spoke-a"],
+            None,
+        ))
+        .await?;
+    let job = r.job.context("no job in the answer")?;
+    println!(
+        "   answered in {:.1} ms (the hub signed command {}; {a} signed the receipt): job {} is {}",
         ms(started.elapsed()),
+        r.command_id,
         job.job_id,
         job_state_name(job.state())
     );
-    let echoed = poll(hub, &spoke_a, &job.job_id, is_job_terminal).await?;
-    print_indented(&job_text(&a, &echoed));
+    let echoed = c.poll(&job.job_id, is_job_terminal).await?;
+    print_indented(&job_text(a, &echoed));
 
-    println!("\n2. spawn a job on {b} that fails twice and succeeds on its third attempt");
+    println!(
+        "\n2. a job that fails twice and succeeds on its third attempt, placed by the hub on a spoke labelled zone=b"
+    );
     let script = "n=$(cat tries 2>/dev/null || echo 0); echo $((n+1)) > tries; \
                   [ $n -ge 2 ] && echo 'third time lucky' || { echo \"attempt $((n+1)) fails\"; exit 1; }";
-    let mut retrying = spawn("shell", &[script], Some(2));
-    if let pb::command::Action::Spawn(s) = &mut retrying {
+    let mut retrying = spawn(None, &[("zone", "b")], "shell", &[script], Some(2));
+    if let Some(s) = &mut retrying.spawn {
         s.backoff_base_ms = Some(200);
         s.workdir = "retry-demo".into();
     }
-    let r = spoke_b.execute(&hub.signer, retrying).await?;
-    let id = r.job().context("no job in the receipt")?.job_id.clone();
-    let done = poll(hub, &spoke_b, &id, is_job_terminal).await?;
-    print_indented(&job_text(&b, &done));
+    let r = c.spawn(retrying).await?;
+    let id = r.job.context("no job in the answer")?.job_id;
+    let done = c.poll(&id, is_job_terminal).await?;
+    print_indented(&job_text(&r.spoke_id, &done));
 
     println!("\n3. spawn `sleep 600` on {b}, then kill it");
-    let r = spoke_b
-        .execute(&hub.signer, spawn("sleep", &["600"], None))
+    let r = c
+        .spawn(spawn(Some(b), &[], "sleep", &["600"], None))
         .await?;
-    let id = r.job().context("no job in the receipt")?.job_id.clone();
-    let running = poll(hub, &spoke_b, &id, |s| {
-        s == pb::JobState::Executing || is_job_terminal(s)
-    })
-    .await?;
+    let id = r.job.context("no job in the answer")?.job_id;
+    let running = c
+        .poll(&id, |s| s == pb::JobState::Executing || is_job_terminal(s))
+        .await?;
     println!("   job {id} is {}", job_state_name(running.state()));
     let started = Instant::now();
-    let killed = spoke_b
-        .execute(&hub.signer, pb::command::Action::Kill(pb::Kill { id }))
-        .await?;
+    let kill = c.request(admin_pb::KillRequest {
+        id,
+        ..Default::default()
+    })?;
+    let killed = c.api.kill(kill).await?.into_inner();
     println!("   kill answered in {:.1} ms", ms(started.elapsed()));
     print_indented(&job_text(
-        &b,
-        killed.job().context("no job in the receipt")?,
+        b,
+        killed.job.as_ref().context("no job in the answer")?,
     ));
 
     println!("\n4. the events of step 1's job, as a watcher receives them through the hub");
-    watch_job(hub, admin, token, &echoed.job_id).await?;
+    watch_job(&mut c, &echoed.job_id).await?;
 
     println!(
-        "\n5. round trip of a signed status command (hub → spoke → signed receipt), 200 times"
+        "\n5. the hub's audit trail: the last 3 commands it signed, each with the spoke's signed receipt, verified"
+    );
+    let audit = c.request(admin_pb::AuditRequest {
+        limit: 3,
+        ..Default::default()
+    })?;
+    for rec in c.api.audit(audit).await?.into_inner().records {
+        println!(
+            "   {} {:<11} {:<8} {:<8} {}",
+            rec.command_id,
+            rec.verb,
+            rec.spoke_id,
+            rec.outcome,
+            if rec.verified {
+                "verified".to_owned()
+            } else {
+                format!("NOT VERIFIED: {}", rec.verify_error)
+            }
+        );
+    }
+
+    println!(
+        "\n6. round trip of a status request, 200 times: client → hub → signed command → spoke → signed receipt → hub → client"
     );
     let mut samples = Vec::with_capacity(200);
     for _ in 0..200 {
         let t = Instant::now();
-        spoke_a.execute(&hub.signer, status(&echoed.job_id)).await?;
+        c.status(&echoed.job_id).await?;
         samples.push(t.elapsed());
     }
     samples.sort();
@@ -242,32 +348,13 @@ async fn demo(hub: &HubConfig, admin: std::net::SocketAddr, token: &str) -> anyh
 
 /// Watches `job` from its first event through the admin API until it ends, printing what a
 /// `mosaic-hub watch --job` prints.
-async fn watch_job(
-    hub: &HubConfig,
-    admin: std::net::SocketAddr,
-    token: &str,
-    job: &str,
-) -> anyhow::Result<()> {
-    use mosaic_shared::pb::admin::v1 as admin_pb;
-    let channel = mosaic_shared::tls::connect(
-        &admin.to_string(),
-        mosaic_shared::tls::SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB),
-        &hub.tls,
-        mosaic_shared::tls::DialOptions::default(),
-    )
-    .await?;
-    let mut request = tonic::Request::new(admin_pb::WatchRequest {
+async fn watch_job(c: &mut Client, job: &str) -> anyhow::Result<()> {
+    let request = c.request(admin_pb::WatchRequest {
         scope: Some(admin_pb::watch_request::Scope::JobId(job.to_owned())),
         start: Some(admin_pb::watch_request::Start::FromOldest(true)),
         ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let mut stream = admin_pb::admin_client::AdminClient::new(channel)
-        .watch(request)
-        .await?
-        .into_inner();
+    })?;
+    let mut stream = c.api.watch(request).await?.into_inner();
     let mut renderer = crate::render::WatchRenderer::new(crate::render::Options {
         follow_job: Some(job.to_owned()),
         ..Default::default()
@@ -288,41 +375,27 @@ async fn watch_job(
     Ok(())
 }
 
-fn spawn(profile: &str, args: &[&str], max_retries: Option<u32>) -> pb::command::Action {
-    pb::command::Action::Spawn(pb::Spawn {
-        profile: profile.into(),
-        workspace: "demo".into(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        max_retries,
+fn spawn(
+    spoke: Option<&str>,
+    selector: &[(&str, &str)],
+    profile: &str,
+    args: &[&str],
+    max_retries: Option<u32>,
+) -> admin_pb::SpawnRequest {
+    admin_pb::SpawnRequest {
+        spoke_id: spoke.unwrap_or_default().to_owned(),
+        selector: selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        spawn: Some(pb::Spawn {
+            profile: profile.into(),
+            workspace: "demo".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            max_retries,
+            ..Default::default()
+        }),
         ..Default::default()
-    })
-}
-
-fn status(id: &str) -> pb::command::Action {
-    pb::command::Action::Status(pb::Status { id: id.into() })
-}
-
-/// Polls a job's status until `done` holds for its state (30 s at most).
-async fn poll(
-    hub: &HubConfig,
-    c: &SpokeClient,
-    job: &str,
-    done: impl Fn(pb::JobState) -> bool,
-) -> anyhow::Result<pb::JobStatus> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = c.execute(&hub.signer, status(job)).await?;
-        let j = r.job().context("no job in the receipt")?;
-        if done(j.state()) {
-            return Ok(j.clone());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "job {job} is still {} after 30 s",
-                job_state_name(j.state())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -437,9 +510,10 @@ ca = "pki/{ca}"
     );
     for (spoke, addr) in spokes {
         s.push_str(&format!(
-            "\n[[spokes]]\nid = {}\naddress = {}\nreceipt_key = \"keys/{spoke}.pub.pem\"\n",
+            "\n[[spokes]]\nid = {}\naddress = {}\nreceipt_key = \"keys/{spoke}.pub.pem\"\nlabels = {{ zone = {} }}\n",
             q(spoke),
-            q(&addr.to_string())
+            q(&addr.to_string()),
+            q(spoke.trim_start_matches("spoke-"))
         ));
     }
     s

@@ -17,13 +17,17 @@
 //! - [`dev`]: the one-command local federation, and the Valkey child-process launcher.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod cli;
+pub mod commander;
 pub mod config;
 pub mod dev;
 pub mod fanout;
 pub mod http;
+pub mod openapi;
+pub mod placement;
 pub mod render;
 pub mod server;
 pub mod sign;

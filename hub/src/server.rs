@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 
 use crate::admin::AdminService;
+use crate::audit::AuditStore;
 use crate::auth::TokenStore;
+use crate::commander::Commander;
 use crate::config::HubConfig;
 use crate::fanout::Fanout;
 use crate::store::HubStore;
@@ -73,17 +75,22 @@ pub async fn run(
     }
     let fanout = Fanout::new(store.clone(), config.events.subscriber_buffer);
     tasks.spawn(fanout.clone().tail(stopping.clone()));
+    let audit = AuditStore::new(&store);
     tasks.spawn(maintain(
         store.clone(),
+        audit.clone(),
         config.events.clone(),
+        config.audit.clone(),
         stopping.clone(),
     ));
 
     let config = Arc::new(config);
+    let commander = Arc::new(Commander::new(config.clone(), audit));
     let service = Arc::new(AdminService::new(
         tokens,
         fanout.clone(),
-        config.clone(),
+        commander,
+        store.clone(),
         health.clone(),
     ));
     if let Some(addr) = serve.http_listen {
@@ -119,6 +126,16 @@ pub async fn run(
             let _ = c.set_nodelay(true);
         })
     });
+    // grpc.health.v1 (for probes: SERVING while the server runs) and server reflection (so
+    // grpcurl needs no .proto files).
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AdminServer<AdminService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mosaic_shared::pb::DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Serve(format!("reflection: {e}")))?;
     let server = tonic::transport::Server::builder()
         .tls_config(config.tls.server_config_without_client_auth())
         .map_err(|e| ServeError::Tls(e.to_string()))?
@@ -126,6 +143,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(
             AdminServer::from_arc(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -143,10 +162,24 @@ pub async fn run(
 
 async fn maintain(
     store: HubStore,
+    audit: AuditStore,
     events: crate::config::EventsConfig,
+    audit_retention: crate::config::AuditConfig,
     mut stopping: watch::Receiver<bool>,
 ) {
     loop {
+        match audit
+            .trim(
+                unix_ms(),
+                audit_retention.retain,
+                audit_retention.retain_max,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "retention removed audit records"),
+            Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+        }
         match store
             .trim(unix_ms(), events.retain, events.retain_max)
             .await

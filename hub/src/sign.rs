@@ -25,6 +25,11 @@ impl Signer {
         &self.hub_id
     }
 
+    /// The key that verifies this signer's commands.
+    pub fn public(&self) -> mosaic_shared::signing::PublicKey {
+        self.key.public()
+    }
+
     /// A command for `spoke`, valid from `now_ms` for the configured TTL, signed.
     pub fn seal(
         &self,

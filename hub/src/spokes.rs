@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use mosaic_shared::ids::{CommandId, SpokeId};
+use mosaic_shared::ids::{CommandId, HubId, SpokeId};
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::pb::federation::v1::federation_client::FederationClient;
 use mosaic_shared::signing::{Domain, SignatureError};
@@ -128,7 +128,7 @@ impl SpokeClient {
             .await
             .map_err(|s| SpokeError::from_status(&self.entry.id, s))?
             .into_inner();
-        self.verify_receipt(signer, command_id, signed)
+        verify_receipt(&self.entry, signer.hub_id(), command_id, signed)
     }
 
     /// Signs `action` under a fresh command id, sends it and verifies the receipt.
@@ -150,51 +150,52 @@ impl SpokeClient {
             .map(tonic::Response::into_inner)
             .map_err(|s| SpokeError::from_status(&self.entry.id, s))
     }
+}
 
-    fn verify_receipt(
-        &self,
-        signer: &Signer,
-        command_id: &CommandId,
-        signed: pb::SignedReceipt,
-    ) -> Result<Receipt, SpokeError> {
-        let bad = |problem: String| SpokeError::BadReceipt {
-            spoke: self.entry.id.clone(),
-            problem,
-        };
-        let key = &self.entry.receipt_key;
-        if signed.key_id != key.id().as_str() {
-            return Err(bad(format!(
-                "signed with key {:?}, but the configured receipt key is {}",
-                signed.key_id.chars().take(40).collect::<String>(),
-                key.id()
-            )));
-        }
-        key.verify(Domain::Receipt, &signed.receipt, &signed.signature)
-            .map_err(|e: SignatureError| bad(e.to_string()))?;
-        let receipt = pb::Receipt::decode(signed.receipt.as_slice())
-            .map_err(|e| bad(format!("does not decode: {e}")))?;
-        if receipt.command_id != command_id.as_str() {
-            return Err(bad(format!(
-                "answers command {:?}, not {command_id}",
-                receipt.command_id
-            )));
-        }
-        if receipt.spoke_id != self.entry.id.as_str() || receipt.hub_id != signer.hub_id().as_str()
-        {
-            return Err(bad(format!(
-                "is addressed from spoke {:?} to hub {:?}",
-                receipt.spoke_id, receipt.hub_id
-            )));
-        }
-        let result = receipt
-            .result
-            .ok_or_else(|| bad("carries no result".into()))?;
-        Ok(Receipt {
-            command_id: command_id.clone(),
-            spoke_id: self.entry.id.clone(),
-            executed_at_ms: receipt.executed_at_ms,
-            result,
-            signed,
-        })
+/// Believes `signed` only if it verifies (strictly, over the exact bytes) with `entry`'s
+/// receipt key and answers `command_id` from hub `hub` for that spoke.
+pub fn verify_receipt(
+    entry: &SpokeEntry,
+    hub: &HubId,
+    command_id: &CommandId,
+    signed: pb::SignedReceipt,
+) -> Result<Receipt, SpokeError> {
+    let bad = |problem: String| SpokeError::BadReceipt {
+        spoke: entry.id.clone(),
+        problem,
+    };
+    let key = &entry.receipt_key;
+    if signed.key_id != key.id().as_str() {
+        return Err(bad(format!(
+            "signed with key {:?}, but the configured receipt key is {}",
+            signed.key_id.chars().take(40).collect::<String>(),
+            key.id()
+        )));
     }
+    key.verify(Domain::Receipt, &signed.receipt, &signed.signature)
+        .map_err(|e: SignatureError| bad(e.to_string()))?;
+    let receipt = pb::Receipt::decode(signed.receipt.as_slice())
+        .map_err(|e| bad(format!("does not decode: {e}")))?;
+    if receipt.command_id != command_id.as_str() {
+        return Err(bad(format!(
+            "answers command {:?}, not {command_id}",
+            receipt.command_id
+        )));
+    }
+    if receipt.spoke_id != entry.id.as_str() || receipt.hub_id != hub.as_str() {
+        return Err(bad(format!(
+            "is addressed from spoke {:?} to hub {:?}",
+            receipt.spoke_id, receipt.hub_id
+        )));
+    }
+    let result = receipt
+        .result
+        .ok_or_else(|| bad("carries no result".into()))?;
+    Ok(Receipt {
+        command_id: command_id.clone(),
+        spoke_id: entry.id.clone(),
+        executed_at_ms: receipt.executed_at_ms,
+        result,
+        signed,
+    })
 }

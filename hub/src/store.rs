@@ -158,6 +158,18 @@ impl HubStore {
         format!("{}jobs:finished", self.prefix)
     }
 
+    /// The audit trail's keys (see `audit`): its index, its records, where the hub placed
+    /// jobs, and the link from a command to the job it placed.
+    pub fn audit_keys(&self) -> [String; 4] {
+        ["audit", "audit:records", "placed", "placed:by-command"]
+            .map(|k| format!("{}{k}", self.prefix))
+    }
+
+    /// A handle on the hub's Valkey connection (multiplexed; cloning is cheap).
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
     /// Where the hub stopped reading `spoke`'s events (`None`: it never read any).
     pub async fn spoke_cursor(&self, spoke: &SpokeId) -> Result<Option<String>, StoreError> {
         let mut con = self.con.clone();

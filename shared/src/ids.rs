@@ -164,6 +164,47 @@ impl JobId {
     pub fn generate() -> Self {
         Self(uuid::Uuid::now_v7().to_string())
     }
+
+    /// The id of the job that command `command` of hub `hub` creates: a UUID (version 8) from
+    /// SHA-256 of both. A spawn replayed after the spoke forgot its command id still lands on
+    /// the same job, which the queue then reports instead of creating a second one.
+    pub fn for_command(hub: &HubId, command: &CommandId) -> Self {
+        Self(derived_uuid(&[
+            b"mosaic.job",
+            hub.as_str().as_bytes(),
+            command.as_str().as_bytes(),
+        ]))
+    }
+}
+
+impl CommandId {
+    /// The id of the command that carries request `request` (a client's idempotency key) of
+    /// `caller` for `verb`, on hub `hub`: the same request always yields the same command, and
+    /// different callers' equal request ids never meet.
+    pub fn for_request(hub: &HubId, caller: &str, verb: &str, request: &str) -> Self {
+        Self(derived_uuid(&[
+            b"mosaic.request",
+            hub.as_str().as_bytes(),
+            caller.as_bytes(),
+            verb.as_bytes(),
+            request.as_bytes(),
+        ]))
+    }
+}
+
+/// A version-8 UUID from the SHA-256 of `parts`, each length-prefixed so that no two lists of
+/// parts share an encoding.
+fn derived_uuid(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes).to_string()
 }
 
 #[cfg(test)]
@@ -194,6 +235,25 @@ mod tests {
         );
         assert!(HubId::parse_field("hub_id", "-lead").is_err());
         assert!(HubId::parse_field("hub_id", "a{b}").is_err());
+    }
+
+    #[test]
+    fn derived_ids_are_stable_valid_and_distinct() {
+        let hub: HubId = "hub".parse().unwrap();
+        let c = CommandId::for_request(&hub, "alice", "spawn", "r1");
+        assert_eq!(c, CommandId::for_request(&hub, "alice", "spawn", "r1"));
+        assert_ne!(c, CommandId::for_request(&hub, "bob", "spawn", "r1"));
+        assert_ne!(c, CommandId::for_request(&hub, "alice", "kill", "r1"));
+        // Length prefixes: moving a byte between parts changes the id.
+        assert_ne!(
+            CommandId::for_request(&hub, "ab", "c", "r"),
+            CommandId::for_request(&hub, "a", "bc", "r")
+        );
+        assert_eq!(CommandId::parse_field("x", c.as_str()).unwrap(), c);
+        let j = JobId::for_command(&hub, &c);
+        assert_eq!(j, JobId::for_command(&hub, &c));
+        assert_eq!(JobId::parse_field("x", j.as_str()).unwrap(), j);
+        assert_ne!(j.as_str(), c.as_str());
     }
 
     #[test]

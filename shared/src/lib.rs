@@ -1,7 +1,8 @@
 //! Mosaic federation: what hub and spoke share.
 //!
 //! - [`pb`]: the generated protobuf types and gRPC stubs (`mosaic.federation.v1` between hub
-//!   and spoke, `mosaic.admin.v1` for clients); only the edges of hub and spoke use them.
+//!   and spoke, `mosaic.admin.v1` for clients), their proto3 JSON mapping (serde), and the
+//!   descriptor set; only the edges of hub and spoke use them.
 //! - [`ids`]: validated identifiers (hub, spoke, workspace, profile, command, agent).
 //! - [`stream`]: Valkey streams as event logs: entry ids, retention that records what it
 //!   removed.
@@ -25,11 +26,16 @@ pub mod pb {
     pub mod federation {
         pub mod v1 {
             tonic::include_proto!("mosaic.federation.v1");
+            include!(concat!(env!("OUT_DIR"), "/mosaic.federation.v1.serde.rs"));
         }
     }
     pub mod admin {
         pub mod v1 {
             tonic::include_proto!("mosaic.admin.v1");
+            include!(concat!(env!("OUT_DIR"), "/mosaic.admin.v1.serde.rs"));
         }
     }
+    /// Every file of `proto/`, as an encoded `FileDescriptorSet` (for gRPC server reflection).
+    pub const DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/mosaic_descriptor.bin"));
 }

@@ -176,11 +176,14 @@ impl PublicKey {
     }
 
     pub fn write(&self, path: &Path) -> Result<(), KeyError> {
-        let pem = self
-            .key
+        write_new(path, self.to_pem().as_bytes(), 0o644)
+    }
+
+    /// The key as SPKI PEM, as [`PublicKey::load`] reads it.
+    pub fn to_pem(&self) -> String {
+        self.key
             .to_public_key_pem(LineEnding::LF)
-            .expect("an ed25519 key always encodes as SPKI");
-        write_new(path, pem.as_bytes(), 0o644)
+            .expect("an ed25519 key always encodes as SPKI")
     }
 
     pub fn id(&self) -> &KeyId {

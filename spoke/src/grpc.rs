@@ -210,7 +210,7 @@ impl Inner {
                 profile::plan(&self.config.profiles, &req.profile, &req.spec)?;
                 let now = unix_ms();
                 let new = NewJob {
-                    job_id: JobId::generate(),
+                    job_id: JobId::for_command(&cmd.hub_id, &cmd.command_id),
                     workspace: req.workspace.clone(),
                     profile: req.profile.clone(),
                     command_id: cmd.command_id.clone(),

@@ -94,6 +94,8 @@ pub struct FederationBuilder {
     hub_events: Vec<String>,
     /// Spokes the hub reaches through a fault-injecting proxy.
     proxied: Vec<String>,
+    /// Each spoke's labels in hub.toml, as a TOML inline table.
+    labels: BTreeMap<String, String>,
 }
 
 impl FederationBuilder {
@@ -118,6 +120,17 @@ impl FederationBuilder {
     /// The hub reaches this spoke through a [`proxy::FaultProxy`] (see [`Federation::proxy`]).
     pub fn via_proxy(mut self, spoke: &str) -> Self {
         self.proxied.push(spoke.to_owned());
+        self
+    }
+
+    /// Labels of `spoke` in hub.toml, e.g. `&[("zone", "x")]`.
+    pub fn labels(mut self, spoke: &str, labels: &[(&str, &str)]) -> Self {
+        let pairs: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", q(v)))
+            .collect();
+        self.labels
+            .insert(spoke.to_owned(), format!("{{ {} }}", pairs.join(", ")));
         self
     }
 
@@ -207,7 +220,10 @@ impl FederationBuilder {
             events: self.hub_events.clone(),
         });
         let dialled = addresses(&spokes, &proxies);
-        std::fs::write(&hub_path, hub_toml(HUB, &dialled, server.as_ref()))?;
+        std::fs::write(
+            &hub_path,
+            hub_toml(HUB, &dialled, server.as_ref(), &self.labels),
+        )?;
         let hub = HubConfig::load(&hub_path, &Env::default())?;
         // The test's own commands go straight to the spokes, never through a proxy.
         let direct = if proxies.is_empty() {
@@ -216,7 +232,12 @@ impl FederationBuilder {
             let path = root.join("hub-direct.toml");
             std::fs::write(
                 &path,
-                hub_toml(HUB, &addresses(&spokes, &BTreeMap::new()), None),
+                hub_toml(
+                    HUB,
+                    &addresses(&spokes, &BTreeMap::new()),
+                    None,
+                    &self.labels,
+                ),
             )?;
             Some(HubConfig::load(&path, &Env::default())?)
         };
@@ -318,6 +339,7 @@ impl Federation {
             hub_server: false,
             hub_events: Vec::new(),
             proxied: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -537,6 +559,17 @@ impl Federation {
         path_and_query: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<(u16, String, HttpBody)> {
+        self.hub_http("GET", path_and_query, headers, None).await
+    }
+
+    /// One HTTP/1.1 request with an optional JSON body, as [`Federation::hub_http_get`].
+    pub async fn hub_http(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String, HttpBody)> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let trust = TlsMaterial::trust_only(&self.dir().join("pki").join(certs::CA_CERT))?;
         let mut config = trust.rustls_client_config(SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB))?;
@@ -547,12 +580,20 @@ impl Federation {
             .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
             .await?;
         // The server closes after the response, so a body without a length ends at EOF.
-        let mut request =
-            format!("GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        let mut request = format!(
+            "{method} {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        );
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
+        if let Some(b) = body {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
+        }
         request.push_str("\r\n");
+        request.push_str(body.unwrap_or(""));
         tls.write_all(request.as_bytes()).await?;
         // TLS buffers what is written until flushed.
         tls.flush().await?;
@@ -962,7 +1003,12 @@ fn spoke_toml(
     s
 }
 
-fn hub_toml(hub: &str, spokes: &[(String, SocketAddr)], server: Option<&HubServer>) -> String {
+fn hub_toml(
+    hub: &str,
+    spokes: &[(String, SocketAddr)],
+    server: Option<&HubServer>,
+    labels: &BTreeMap<String, String>,
+) -> String {
     let mut s = format!(
         "hub_id = {h}\ntrust_domain = {td}\nsigning_key = \"keys/{hub}.pem\"\n\n[tls]\n\
          cert = \"pki/{cert}\"\nkey = \"pki/{key}\"\nca = \"pki/{ca}\"\n",
@@ -984,6 +1030,9 @@ fn hub_toml(hub: &str, spokes: &[(String, SocketAddr)], server: Option<&HubServe
             "\n[[spokes]]\nid = {}\naddress = \"{addr}\"\nreceipt_key = \"keys/{id}.pub.pem\"\n",
             q(id),
         ));
+        if let Some(l) = labels.get(id) {
+            s.push_str(&format!("labels = {l}\n"));
+        }
     }
     if let Some(server) = server.filter(|s| !s.events.is_empty()) {
         s.push_str("\n[events]\n");
@@ -1009,6 +1058,34 @@ pub fn hub_cli(fed: &Federation, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs a `mosaic-hub` client verb through the hub server's admin API with token `token` (a
+/// name from [`TOKENS`]), the address and token in the environment as a script would set
+/// them; returns (exit code, stdout, stderr).
+pub fn hub_cli_as(fed: &Federation, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("mosaic-hub"))
+        .arg("--config")
+        .arg(&fed.hub_path)
+        .args(args)
+        .env("MOSAIC_LOG", "warn")
+        .env("MOSAIC_HUB_ADDR", fed.hub_addr().to_string())
+        .env("MOSAIC_TOKEN", fed.token(token))
+        .output()
+        .expect("run mosaic-hub");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An admin API request carrying `token` as its bearer token.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
 }
 
 /// The spoke id as a typed id.

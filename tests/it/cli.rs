@@ -4,10 +4,16 @@ use mosaic_tests::*;
 
 #[tokio::test]
 async fn spawn_wait_status_and_kill_through_the_cli() {
-    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let fed = Federation::builder()
+        .spoke("a")
+        .hub_server()
+        .start()
+        .await
+        .unwrap();
 
-    let (code, out, err) = hub_cli(
+    let (code, out, err) = hub_cli_as(
         &fed,
+        "operator",
         &[
             "spawn",
             "--spoke",
@@ -15,7 +21,7 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
             "--profile",
             "echo",
             "--workspace",
-            "ws1",
+            "ws-test",
             "--wait",
             "--",
             "hi",
@@ -24,6 +30,7 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("state      completed"), "{out}");
+    assert!(out.contains("spoke      a"), "{out}");
     assert!(
         out.contains("attempts   1 (0 failed; up to 3 retries)"),
         "{out}"
@@ -35,8 +42,9 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
     );
     assert!(out.contains("output     hi there"), "{out}");
 
-    let (code, out, err) = hub_cli(
+    let (code, out, err) = hub_cli_as(
         &fed,
+        "operator",
         &[
             "--output",
             "json",
@@ -46,7 +54,7 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
             "--profile",
             "sh",
             "--workspace",
-            "ws1",
+            "ws-test",
             "--wait",
             "--max-retries",
             "1",
@@ -60,19 +68,20 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
     );
     assert_eq!(code, 3, "a failed job under --wait exits 3: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["state"], "failed");
-    assert_eq!(v["priority"], 9);
+    assert_eq!(v["spoke_id"], "a");
+    let j = &v["job"];
+    assert_eq!(j["state"], "JOB_STATE_FAILED");
+    assert_eq!(j["priority"], 9);
     assert_eq!(
-        (v["attempts"].as_u64(), v["failures"].as_u64()),
+        (j["attempts"].as_u64(), j["failures"].as_u64()),
         (Some(2), Some(2))
     );
-    assert_eq!(v["attempt_history"][1]["exit_code"], 3);
-    assert_eq!(v["attempt_history"][1]["attempt"], 2);
-    assert_eq!(v["spoke"], "a");
-    assert!(v["round_trip_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["attempt_history"][1]["exit_code"], 3);
+    assert_eq!(j["attempt_history"][1]["attempt"], 2);
 
-    let (code, out, _) = hub_cli(
+    let (code, out, _) = hub_cli_as(
         &fed,
+        "operator",
         &[
             "-o",
             "json",
@@ -82,17 +91,48 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
             "--profile",
             "sh",
             "--workspace",
-            "ws1",
+            "ws-test",
+            "--request-id",
+            "sleeper",
             "--",
             "sleep 300",
         ],
     );
     assert_eq!(code, 0);
-    let job = serde_json::from_str::<serde_json::Value>(&out).unwrap()["job_id"]
+    let job = serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"]["job_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let (code, out, err) = hub_cli(&fed, &["kill", "--spoke", "a", &job]);
+    // The same request id again: the same job, said so.
+    let (code, out, _) = hub_cli_as(
+        &fed,
+        "operator",
+        &[
+            "spawn",
+            "--spoke",
+            "a",
+            "--profile",
+            "sh",
+            "--workspace",
+            "ws-test",
+            "--request-id",
+            "sleeper",
+            "--",
+            "sleep 300",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("job        {job}")), "{out}");
+    assert!(out.contains("nothing was done again"), "{out}");
+
+    // A viewer may look but not kill; exit codes say which refusal it was.
+    let (code, _, err) = hub_cli_as(&fed, "viewer", &["kill", &job]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("may not kill"), "{err}");
+    let (code, _, err) = hub_cli_as(&fed, "other", &["kill", &job]);
+    assert_eq!(code, 4, "another workspace's job is not found: {err}");
+
+    let (code, out, err) = hub_cli_as(&fed, "operator", &["kill", &job]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("state      cancelled"), "{out}");
     assert!(
@@ -100,29 +140,30 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
             .any(|l| l.starts_with("attempt 1  ") && l.contains("  killed  signal 15")),
         "{out}"
     );
-    let (code, out, _) = hub_cli(&fed, &["-o", "json", "status", "--spoke", "a", &job]);
+    let (code, out, _) = hub_cli_as(&fed, "viewer", &["-o", "json", "status", &job]);
     assert_eq!(code, 0);
     let v = serde_json::from_str::<serde_json::Value>(&out).unwrap();
-    assert_eq!(v["state"], "cancelled");
-    assert_eq!(v["attempt_history"][0]["state"], "killed");
-
-    let missing = uuid::Uuid::now_v7().to_string();
-    let (code, _, err) = hub_cli(&fed, &["status", "--spoke", "a", &missing]);
-    assert_eq!(code, 4, "an unknown job exits 4");
-    assert!(
-        err.contains(&format!("job or agent {missing} not found")),
-        "{err}"
+    assert_eq!(v["job"]["state"], "JOB_STATE_CANCELLED");
+    assert_eq!(
+        v["job"]["attempt_history"][0]["state"],
+        "AGENT_STATE_KILLED"
     );
 
-    let (code, _, err) = hub_cli(&fed, &["status", "--spoke", "zz", &missing]);
-    assert_eq!(code, 1);
+    let missing = uuid::Uuid::now_v7().to_string();
+    let (code, _, err) = hub_cli_as(&fed, "viewer", &["status", &missing]);
+    assert_eq!(code, 4, "an unknown job exits 4: {err}");
+    assert!(err.contains(&format!("job {missing} not found")), "{err}");
+
+    let (code, _, err) = hub_cli_as(&fed, "viewer", &["status", "--spoke", "zz", &missing]);
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("spoke zz is not in the hub's config (configured: a)"),
         "{err}"
     );
 
-    let (code, _, err) = hub_cli(
+    let (code, _, err) = hub_cli_as(
         &fed,
+        "operator",
         &[
             "spawn",
             "--spoke",
@@ -135,6 +176,98 @@ async fn spawn_wait_status_and_kill_through_the_cli() {
     );
     assert_eq!(code, 2, "bad input is a usage error: {err}");
     assert!(err.contains("workspace"), "{err}");
+
+    // Without a token the CLI says how to get one.
+    let (code, _, err) = hub_cli(&fed, &["status", &missing]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--token") && err.contains("MOSAIC_TOKEN"),
+        "{err}"
+    );
+
+    // Agents: an aligned table, and JSON.
+    let (code, out, err) = hub_cli_as(&fed, "viewer", &["agents", "--workspace", "ws-test"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("JOB ") && lines[0].contains("  STATE  "),
+        "{out}"
+    );
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with(&job))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains(" cancelled ") && row.contains(&format!("{job}.1")),
+        "{out}"
+    );
+    let col = lines[0].find("STATE").unwrap();
+    assert!(lines[1..].iter().all(|l| l.len() > col), "aligned: {out}");
+    let (_, out, _) = hub_cli_as(
+        &fed,
+        "viewer",
+        &[
+            "-o",
+            "json",
+            "agents",
+            "--state",
+            "completed",
+            "--state",
+            "failed",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let states: Vec<&str> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{v}");
+    assert!(
+        states
+            .iter()
+            .all(|s| ["JOB_STATE_COMPLETED", "JOB_STATE_FAILED"].contains(s)),
+        "{v}"
+    );
+    let (code, _, err) = hub_cli_as(&fed, "viewer", &["agents", "--state", "sleeping"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--state"), "{err}");
+
+    // Queue controls: admins only for pause.
+    let (code, _, err) = hub_cli_as(&fed, "operator", &["queue", "pause", "--spoke", "a"]);
+    assert_eq!(code, 6, "{err}");
+    let (code, out, err) = hub_cli_as(&fed, "admin", &["queue", "pause", "--spoke", "a"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dispatch   paused"), "{out}");
+    let (code, out, _) = hub_cli_as(
+        &fed,
+        "admin",
+        &["-o", "json", "queue", "resume", "--spoke", "a"],
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["queue"]["paused"], false);
+
+    // Audit: verified with the keys in hub.toml.
+    let (code, out, err) = hub_cli_as(&fed, "admin", &["audit", "--limit", "5"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("SIGNED ") && lines[0].contains("VERIFIED"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains(" resume_queue ") && lines[1].contains(" admin "),
+        "{out}"
+    );
+    assert!(lines[1..6].iter().all(|l| l.ends_with(" yes")), "{out}");
+    assert!(
+        out.contains("5 records, 5 verified by the keys in hub.toml"),
+        "{out}"
+    );
+    let (code, _, _) = hub_cli_as(&fed, "operator", &["audit"]);
+    assert_eq!(code, 6);
 }
 
 #[tokio::test]
@@ -142,17 +275,20 @@ async fn spokes_lists_reachable_and_unreachable_spokes() {
     let mut fed = Federation::builder()
         .spoke("a")
         .spoke("b")
+        .labels("a", &[("zone", "x")])
+        .hub_server()
         .start()
         .await
         .unwrap();
     fed.kill_spoke("b");
-    let (code, out, err) = hub_cli(&fed, &["spokes"]);
+    let (code, out, err) = hub_cli_as(&fed, "viewer", &["spokes"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("SPOKE  ADDRESS"), "{out}");
     assert!(
         lines[1].starts_with("a ")
             && lines[1].contains(" yes ")
+            && lines[1].contains(" zone=x ")
             && lines[1].ends_with("echo,sh,true"),
         "{out}"
     );
@@ -161,7 +297,7 @@ async fn spokes_lists_reachable_and_unreachable_spokes() {
         "{out}"
     );
 
-    let (_, out, _) = hub_cli(&fed, &["-o", "json", "spokes"]);
+    let (_, out, _) = hub_cli_as(&fed, "viewer", &["-o", "json", "spokes"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["spokes"][0]["reachable"], true);
     assert_eq!(v["spokes"][1]["reachable"], false);
@@ -323,7 +459,14 @@ fn the_quickstart_demo_runs() {
         stdout.contains(" job.completed completed attempt=1"),
         "{stdout}"
     );
-    assert!(stdout.contains("5. round trip"), "{stdout}");
+    // The audit trail: the commands the hub signed, verified.
+    assert!(stdout.contains("5. the hub's audit trail"), "{stdout}");
+    assert!(
+        stdout.contains(" kill ") && stdout.contains(" ok ") && stdout.contains(" verified"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("NOT VERIFIED"), "{stdout}");
+    assert!(stdout.contains("6. round trip"), "{stdout}");
 }
 
 #[test]
@@ -467,7 +610,7 @@ async fn watch_follows_a_job_through_the_hub_until_it_ends() {
 
     // A bad token is refused with a message that says so, and a bad type names the flag.
     let (code, _, err) = watch("mosaic_wrong", &["--job", &job]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 6, "not allowed exits 6: {err}");
     assert!(err.contains("the token is not valid"), "{err}");
     let (code, _, err) = watch(
         &fed.token("viewer"),

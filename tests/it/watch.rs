@@ -28,13 +28,6 @@ fn workspace_watch(ws: &str) -> admin::WatchRequest {
     }
 }
 
-fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 async fn open(
     fed: &Federation,
     token: &str,
