@@ -429,7 +429,7 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            crate::server::run(config, listener, shutdown_signal())
+            crate::server::run(config, listener, None, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)

@@ -106,6 +106,8 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
     // The hub server: its admin API on a port chosen now, so hub.toml can name it.
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin_addr = admin_listener.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = http_listener.local_addr()?;
     let token = crate::auth::new_token(
         "dev".parse()?,
         crate::auth::Role::Admin,
@@ -119,6 +121,7 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
     let hub_server = tokio::spawn(crate::server::run(
         HubConfig::load(&hub_path, &Env::default())?,
         admin_listener,
+        Some(http_listener),
         async move {
             let _ = hub_stop.wait_for(|s| *s).await;
         },
@@ -133,7 +136,8 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
         "  hub      {}  (hub id {HUB}, trust domain {TRUST_DOMAIN})",
         hub_path.display()
     );
-    println!("  admin    {admin_addr}  (token in MOSAIC_TOKEN below; role admin)");
+    println!("  admin    {admin_addr}  (gRPC; token in MOSAIC_TOKEN below, role admin)");
+    println!("  http     https://{http_addr}/v1/  (the same API as JSON; /v1/openapi.json)");
 
     if !args.no_demo {
         demo(&hub, admin_addr, token.token()).await?;
@@ -152,6 +156,9 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
         println!("  {exe} agents --workspace demo");
         println!("  {exe} kill <job id>");
         println!("  {exe} audit");
+        println!(
+            "  curl -sk -H \"Authorization: Bearer $MOSAIC_TOKEN\" https://{http_addr}/v1/jobs?workspace=demo"
+        );
         println!("\nPress Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
         println!("\nstopping: spokes end their agents, then Valkey stops");

@@ -43,11 +43,12 @@ pub enum ServeError {
     Serve(String),
 }
 
-/// Serves the admin API on `listener` and follows every spoke's events until `shutdown`
-/// resolves.
+/// Serves the admin API on `listener` (and over HTTP on `http`, or else on `http_listen` if
+/// the config has one) and follows every spoke's events until `shutdown` resolves.
 pub async fn run(
     config: HubConfig,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let serve = match &config.serve {
@@ -93,10 +94,15 @@ pub async fn run(
         store.clone(),
         health.clone(),
     ));
-    if let Some(addr) = serve.http_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServeError::Serve(format!("cannot listen on {addr} for HTTP: {e}")))?;
+    let http =
+        match (http, serve.http_listen) {
+            (Some(l), _) => Some(l),
+            (None, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                ServeError::Serve(format!("cannot listen on {addr} for HTTP: {e}"))
+            })?),
+            (None, None) => None,
+        };
+    if let Some(listener) = http {
         let tls = config
             .tls
             .rustls_server_config_without_client_auth()

@@ -257,6 +257,10 @@ pub fn apply(snap: &mut admin::JobSnapshot, e: &pb::Event) -> Option<i64> {
             if a.state() == pb::AgentState::Spawning {
                 snap.progress = 0;
             }
+            // The spoke moves the job to executing when its attempt runs; no job event says so.
+            if a.state() == pb::AgentState::Running && snap.state() == pb::JobState::Assigned {
+                snap.state = pb::JobState::Executing as i32;
+            }
         }
         Some(Payload::Progress(p)) if e.r#type() == pb::EventType::JobProgress => {
             snap.progress = p.percent;
@@ -311,6 +315,10 @@ mod tests {
         assert_eq!(s.state(), pb::JobState::Pending);
         apply(
             &mut s,
+            &event(T::JobStarted, 2, job(pb::JobState::Assigned, "")),
+        );
+        apply(
+            &mut s,
             &event(
                 T::AgentRunning,
                 2,
@@ -324,6 +332,8 @@ mod tests {
             (s.agent_id.as_str(), s.agent_state()),
             ("j.1", pb::AgentState::Running)
         );
+        // A running attempt means an executing job, as on the spoke.
+        assert_eq!(s.state(), pb::JobState::Executing);
         apply(
             &mut s,
             &event(
