@@ -64,6 +64,7 @@ impl Fixture {
                 trust_domain: TRUST_DOMAIN.into(),
                 hubs: vec![HUB.parse()?],
                 spokes: vec![SPOKE.parse()?],
+                admins: Vec::new(),
                 valid_days: 2,
             },
         )?;

@@ -13,6 +13,7 @@ use mosaic_shared::ids::{AgentId, JobId, SpokeId, WorkspaceId};
 use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::PublicKey;
+use mosaic_shared::tls::{self, Role as TlsRole, SpiffeId};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
@@ -68,7 +69,7 @@ impl AdminService {
         }
     }
 
-    /// The caller, from its bearer token; default deny.
+    /// The caller, from its bearer token or else its client certificate; default deny.
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let header = match request.metadata().get("authorization") {
             None => None,
@@ -77,11 +78,33 @@ impl AdminService {
                     .map_err(|_| unauthenticated("the authorization header is not text"))?,
             ),
         };
-        self.authenticate(header)
+        // HTTP puts the verified peer identity in the request; gRPC has the peer's chain.
+        let peer = match request.extensions().get::<PeerIdentity>() {
+            Some(p) => p.0.clone(),
+            None => request
+                .peer_certs()
+                .and_then(|certs| certs.first().and_then(|c| tls::identity_of(c).ok())),
+        };
+        self.authenticate(header, peer.as_ref())
     }
 
-    /// The caller, from the value of its `authorization` header (gRPC metadata or HTTP).
-    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, Status> {
+    /// The caller, from the value of its `authorization` header (gRPC metadata or HTTP), or,
+    /// without one, from the identity of the client certificate it presented (verified
+    /// against the hub's CA by the TLS layer).
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        peer: Option<&SpiffeId>,
+    ) -> Result<Principal, Status> {
+        if header.is_none()
+            && let Some(id) = peer.filter(|id| id.role == TlsRole::Admin)
+        {
+            return self.tokens.authenticate_identity(id).ok_or_else(|| {
+                unauthenticated(&format!(
+                    "the client certificate {id} has no entry in the hub's tokens file"
+                ))
+            });
+        }
         let header = header.ok_or_else(|| unauthenticated("no token"))?;
         let token = auth::bearer_token(header)
             .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`"))?;
@@ -136,11 +159,16 @@ pub(crate) fn unauthenticated(why: &str) -> Status {
     status(
         Code::Unauthenticated,
         format!(
-            "{why}; send `authorization: Bearer <token>` with a token from the hub's tokens file"
+            "{why}; send `authorization: Bearer <token>` with a token from the hub's tokens file, or a client certificate that an entry there names"
         ),
         "unauthenticated",
     )
 }
+
+/// The verified identity of an HTTP caller's client certificate, if it sent one, put in each
+/// request by the HTTP server (gRPC handlers read the peer's chain instead).
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity(pub Option<SpiffeId>);
 
 /// Refuses what the decision does not allow; `what` names the thing for a not-found answer.
 fn authorize(decision: Decision, op: Operation, what: &str) -> Result<(), Status> {

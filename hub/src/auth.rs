@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use mosaic_shared::ids::WorkspaceId;
+use mosaic_shared::tls::{Role as TlsRole, SpiffeId};
 
 /// Presented tokens longer than this are refused before hashing, so a hostile client cannot
 /// make the hub hash megabytes per request. Generated tokens are [`TOKEN_LEN`] bytes; the slack
@@ -461,11 +462,14 @@ fn check_grant(role: Role, scope: &WorkspaceScope) -> Result<(), GrantError> {
     Ok(())
 }
 
-/// One entry of the tokens file, validated.
+/// One entry of the tokens file, validated: a token (by its hash) or a client certificate
+/// (by its identity), exactly one of the two.
 #[derive(Debug, PartialEq, Eq)]
 struct Grant {
     name: TokenName,
-    hash: TokenHash,
+    hash: Option<TokenHash>,
+    /// `spiffe://<trust-domain>/admin/<name>` of a client certificate.
+    identity: Option<String>,
     role: Role,
     scope: WorkspaceScope,
 }
@@ -685,12 +689,13 @@ struct RawFile {
 /// One `[[tokens]]` entry, shape-checked but not yet validated.
 struct RawToken {
     name: String,
-    hash: String,
+    hash: Option<String>,
+    identity: Option<String>,
     role: String,
     workspaces: toml::Value,
 }
 
-const ENTRY_KEYS: [&str; 4] = ["name", "hash", "role", "workspaces"];
+const ENTRY_KEYS: [&str; 5] = ["name", "hash", "identity", "role", "workspaces"];
 
 /// Builds errors that name the file and a key of entry `index`.
 struct EntryContext<'a> {
@@ -713,25 +718,50 @@ impl EntryContext<'_> {
         if let Some(key) = table.keys().find(|k| !ENTRY_KEYS.contains(&k.as_str())) {
             return Err(self.error(
                 key,
-                "unknown key; an entry has only name, hash, role and workspaces",
+                "unknown key; an entry has only name, hash (or identity), role and workspaces",
             ));
         }
-        let mut string = |key: &str, hint: &str| -> Result<String, AuthConfigError> {
+        let mut optional = |key: &str, hint: &str| -> Result<Option<String>, AuthConfigError> {
             match table.remove(key) {
-                Some(toml::Value::String(s)) => Ok(s),
+                Some(toml::Value::String(s)) => Ok(Some(s)),
                 Some(other) => Err(self.error(
                     key,
                     format!("must be a string, not {}; {hint}", a(other.type_str())),
                 )),
-                None => Err(self.error(key, format!("missing; {hint}"))),
+                None => Ok(None),
             }
         };
-        let name = string("name", "add name = \"<who uses the token>\"")?;
-        let hash = string(
-            "hash",
-            "add hash = \"sha256:<64 hex digits>\" as printed by `mosaic-hub token new`",
-        )?;
-        let role = string("role", "add role = \"admin\", \"operator\" or \"viewer\"")?;
+        let name = optional("name", "add name = \"<who uses the token>\"")?;
+        let hash_hint =
+            "add hash = \"sha256:<64 hex digits>\" as printed by `mosaic-hub token new`";
+        let identity_hint =
+            "identity = \"spiffe://<trust-domain>/admin/<name>\" names a client certificate";
+        let hash = optional("hash", hash_hint)?;
+        let identity = optional("identity", identity_hint)?;
+        let role = optional("role", "add role = \"admin\", \"operator\" or \"viewer\"")?;
+        let name =
+            name.ok_or_else(|| self.error("name", "missing; add name = \"<who uses the token>\""))?;
+        match (&hash, &identity) {
+            (None, None) => {
+                return Err(self.error(
+                    "hash",
+                    format!("missing; {hash_hint} (or give a client certificate's identity instead: {identity_hint})"),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    "identity",
+                    "an entry grants either a token (hash) or a client certificate (identity), not both; split it in two entries",
+                ));
+            }
+            _ => {}
+        }
+        let role = role.ok_or_else(|| {
+            self.error(
+                "role",
+                "missing; add role = \"admin\", \"operator\" or \"viewer\"",
+            )
+        })?;
         let workspaces = table.remove("workspaces").ok_or_else(|| {
             self.error(
                 "workspaces",
@@ -741,6 +771,7 @@ impl EntryContext<'_> {
         Ok(RawToken {
             name,
             hash,
+            identity,
             role,
             workspaces,
         })
@@ -796,10 +827,26 @@ impl EntryContext<'_> {
             .name
             .parse()
             .map_err(|e: TokenNameError| self.error("name", e.to_string()))?;
-        let hash: TokenHash = raw
+        let hash: Option<TokenHash> = raw
             .hash
-            .parse()
+            .map(|h| h.parse())
+            .transpose()
             .map_err(|e: TokenHashError| self.error("hash", e.to_string()))?;
+        let identity = match raw.identity {
+            None => None,
+            Some(i) => match SpiffeId::parse(&i) {
+                Ok(id) if id.role == TlsRole::Admin => Some(id.to_string()),
+                _ => {
+                    return Err(self.error(
+                        "identity",
+                        format!(
+                            "{:?} is not spiffe://<trust-domain>/admin/<name>, the identity of an admin client certificate (`mosaic-hub certs init --admin <name>`)",
+                            i.chars().take(120).collect::<String>()
+                        ),
+                    ));
+                }
+            },
+        };
         let role: Role = raw
             .role
             .parse()
@@ -809,6 +856,7 @@ impl EntryContext<'_> {
         Ok(Grant {
             name,
             hash,
+            identity,
             role,
             scope,
         })
@@ -840,6 +888,7 @@ impl TokenSet {
         let mut grants: Vec<Arc<Grant>> = Vec::with_capacity(raw.tokens.len());
         let mut names: BTreeMap<TokenName, usize> = BTreeMap::new();
         let mut hashes: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        let mut identities: BTreeMap<String, usize> = BTreeMap::new();
         for (index, table) in raw.tokens.into_iter().enumerate() {
             let cx = EntryContext { path, index };
             let grant = cx.grant(cx.raw(table)?)?;
@@ -852,7 +901,15 @@ impl TokenSet {
                     ),
                 ));
             }
-            if let Some(first) = hashes.insert(grant.hash.0, index) {
+            if let Some(identity) = &grant.identity
+                && let Some(first) = identities.insert(identity.clone(), index)
+            {
+                return Err(cx.error(
+                    "identity",
+                    format!("same identity as tokens[{first}]; give each certificate one entry"),
+                ));
+            }
+            if let Some(first) = grant.hash.as_ref().and_then(|h| hashes.insert(h.0, index)) {
                 return Err(cx.error(
                     "hash",
                     format!(
@@ -889,11 +946,26 @@ impl TokenSet {
         // Every entry is compared, in constant time, with no early exit: how long this takes
         // does not depend on whether or where the presented token's hash matched.
         for grant in &self.grants {
-            if grant.hash.ct_eq(&hash) {
+            if let Some(h) = &grant.hash
+                && h.ct_eq(&hash)
+            {
                 found = Some(Principal(Arc::clone(grant)));
             }
         }
         found
+    }
+
+    /// The principal whose entry names `identity`, the SPIFFE id of a client certificate that
+    /// the TLS layer verified against the hub's CA; `None` if no entry does.
+    pub fn authenticate_identity(&self, identity: &SpiffeId) -> Option<Principal> {
+        if identity.role != TlsRole::Admin {
+            return None;
+        }
+        let presented = identity.to_string();
+        self.grants
+            .iter()
+            .find(|g| g.identity.as_deref() == Some(presented.as_str()))
+            .map(|g| Principal(Arc::clone(g)))
     }
 
     /// Whether this set still has `principal`'s entry, unchanged (same name, hash, role and
@@ -1055,6 +1127,11 @@ impl TokenStore {
     /// [`TokenSet::authenticate`] against the set in force now.
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {
         self.current().authenticate(presented)
+    }
+
+    /// [`TokenSet::authenticate_identity`] against the set in force now.
+    pub fn authenticate_identity(&self, identity: &SpiffeId) -> Option<Principal> {
+        self.current().authenticate_identity(identity)
     }
 
     /// Whether `principal`'s token entry is still in force, unchanged. A removed token, a
@@ -1285,7 +1362,8 @@ mod tests {
     fn principal(role: Role, scope: WorkspaceScope) -> Principal {
         Principal(Arc::new(Grant {
             name: "t".parse().unwrap(),
-            hash: TokenHash::of("t"),
+            hash: Some(TokenHash::of("t")),
+            identity: None,
             role,
             scope,
         }))
@@ -1580,6 +1658,45 @@ mod tests {
         assert_eq!(err.field(), Some("tokens[0].hash"));
         assert!(!err.to_string().contains("mosaic_secret"), "{err}");
         assert!(err.to_string().contains("leaked"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_identity_grants_like_a_token_and_is_checked() {
+        let cert = "[[tokens]]\nname = \"ops\"\nidentity = \"spiffe://td/admin/ops\"\nrole = \"operator\"\nworkspaces = [\"w\"]\n";
+        let set = TokenSet::from_toml(
+            &format!("{}{cert}", entry("a", "ta", "viewer", "\"*\"")),
+            Path::new(P),
+        )
+        .unwrap();
+        let ops = set
+            .authenticate_identity(&SpiffeId::new("td", TlsRole::Admin, "ops"))
+            .unwrap();
+        assert_eq!((ops.name().as_str(), ops.role()), ("ops", Role::Operator));
+        // Another trust domain, another name, or another role is nobody.
+        for id in [
+            SpiffeId::new("other", TlsRole::Admin, "ops"),
+            SpiffeId::new("td", TlsRole::Admin, "opz"),
+            SpiffeId::new("td", TlsRole::Spoke, "ops"),
+        ] {
+            assert!(set.authenticate_identity(&id).is_none(), "{id}");
+        }
+        // A certificate entry is no token.
+        assert!(set.authenticate("").is_none());
+
+        let both = "[[tokens]]\nname = \"x\"\nidentity = \"spiffe://td/admin/x\"\nhash = \"sha256:00\"\nrole = \"viewer\"\nworkspaces = \"*\"\n";
+        let err = parse_err(both);
+        assert_eq!(err.field(), Some("tokens[0].identity"));
+        assert!(err.to_string().contains("not both"), "{err}");
+        let spoke = "[[tokens]]\nname = \"x\"\nidentity = \"spiffe://td/spoke/x\"\nrole = \"viewer\"\nworkspaces = \"*\"\n";
+        let err = parse_err(spoke);
+        assert_eq!(err.field(), Some("tokens[0].identity"));
+        assert!(err.to_string().contains("/admin/<name>"), "{err}");
+        let twice = format!(
+            "{cert}{}",
+            cert.replace("name = \"ops\"", "name = \"ops2\"")
+        );
+        let err = parse_err(&twice);
+        assert_eq!(err.field(), Some("tokens[1].identity"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct PkiPlan {
     pub trust_domain: String,
     pub hubs: Vec<HubId>,
     pub spokes: Vec<SpokeId>,
+    /// Admin API clients that authenticate by certificate (`spiffe://<td>/admin/<name>`).
+    pub admins: Vec<String>,
     pub valid_days: u32,
 }
 
@@ -50,6 +52,7 @@ fn role_name(role: Role) -> &'static str {
     match role {
         Role::Hub => "hub",
         Role::Spoke => "spoke",
+        Role::Admin => "admin",
     }
 }
 
@@ -89,7 +92,8 @@ pub fn init(out: &Path, plan: &PkiPlan) -> Result<Vec<PathBuf>, CertError> {
         .hubs
         .iter()
         .map(|h| (Role::Hub, h.as_str()))
-        .chain(plan.spokes.iter().map(|s| (Role::Spoke, s.as_str())));
+        .chain(plan.spokes.iter().map(|s| (Role::Spoke, s.as_str())))
+        .chain(plan.admins.iter().map(|a| (Role::Admin, a.as_str())));
     for (role, id) in leaves {
         let spiffe = SpiffeId::new(&plan.trust_domain, role, id).to_string();
         let mut params = CertificateParams::default();
@@ -160,6 +164,7 @@ mod tests {
             trust_domain: "td".into(),
             hubs: vec!["h".parse().unwrap()],
             spokes: vec!["s1".parse().unwrap()],
+            admins: Vec::new(),
             valid_days: 1,
         };
         let files = init(dir.path(), &plan).unwrap();

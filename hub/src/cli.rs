@@ -148,6 +148,21 @@ pub struct HubTarget {
     /// The hub's identity, spiffe://<trust-domain>/hub/<id> (default: from hub.toml).
     #[arg(long = "hub-identity", env = "MOSAIC_HUB_IDENTITY")]
     pub identity: Option<String>,
+    /// Authenticate with this client certificate (spiffe://<td>/admin/<name>, from `certs
+    /// init --admin`) instead of a token; needs --client-key.
+    #[arg(
+        long = "client-cert",
+        env = "MOSAIC_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(
+        long = "client-key",
+        env = "MOSAIC_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +244,10 @@ pub enum CertsCommand {
         /// Spoke ids to issue certificates for (repeatable).
         #[arg(long = "spoke")]
         spokes: Vec<SpokeId>,
+        /// Admin API clients to issue certificates for (repeatable): spiffe://<td>/admin/<name>,
+        /// which an `identity` entry of the hub's tokens file grants a role.
+        #[arg(long = "admin")]
+        admins: Vec<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
@@ -486,10 +505,17 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
             trust_domain,
             hubs,
             spokes,
+            admins,
             days,
         }) => {
-            if hubs.is_empty() && spokes.is_empty() {
-                return Err("name at least one --hub or --spoke to issue a certificate for".into());
+            if hubs.is_empty() && spokes.is_empty() && admins.is_empty() {
+                return Err(
+                    "name at least one --hub, --spoke or --admin to issue a certificate for".into(),
+                );
+            }
+            for a in &admins {
+                a.parse::<auth::TokenName>()
+                    .map_err(|e| usage(format!("--admin: {e}")))?;
             }
             let files = certs::init(
                 &out,
@@ -497,6 +523,7 @@ pub async fn run(cli: Cli, env: &Env) -> Result<ExitCode, CliError> {
                     trust_domain,
                     hubs,
                     spokes,
+                    admins,
                     valid_days: days,
                 },
             )?;
@@ -1144,7 +1171,8 @@ struct AdminTarget {
     addr: String,
     identity: SpiffeId,
     tls: TlsMaterial,
-    token: String,
+    /// None: the client certificate in `tls` authenticates.
+    token: Option<String>,
 }
 
 /// Flags and environment first, then hub.toml (if given) for what they leave out.
@@ -1154,9 +1182,16 @@ fn admin_target(
     env: &Env,
 ) -> Result<AdminTarget, CliError> {
     let config = config.map(|p| load_config(Some(p), env)).transpose()?;
-    let token = hub.token.clone().ok_or(
-        "no admin token: pass --token or set MOSAIC_TOKEN (`mosaic-hub token new` makes one)",
-    )?;
+    let token = match (&hub.token, &hub.client_cert) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(_)) => None,
+        (None, None) => {
+            return Err(
+                "no admin token: pass --token or set MOSAIC_TOKEN (`mosaic-hub token new` makes one), or authenticate with --client-cert and --client-key"
+                    .into(),
+            );
+        }
+    };
     let addr = match (&hub.addr, config.as_ref().map(|c| &c.serve)) {
         (Some(a), _) => a.clone(),
         (None, Some(Ok(serve))) => serve.listen.to_string(),
@@ -1179,13 +1214,18 @@ fn admin_target(
     };
     let tls = match (&hub.ca, config) {
         (Some(ca), _) => TlsMaterial::trust_only(ca)?,
-        (None, Some(c)) => c.tls,
+        // The hub's own certificate is not the caller's: present none unless asked to.
+        (None, Some(c)) => c.tls.without_client_certificate(),
         (None, None) => {
             return Err(
                 "no CA to check the hub against: pass --hub-ca ca.crt, set MOSAIC_HUB_CA, or give a hub.toml"
                     .into(),
             );
         }
+    };
+    let tls = match (&hub.client_cert, &hub.client_key) {
+        (Some(cert), Some(key)) => tls.with_client_certificate(cert, key)?,
+        _ => tls,
     };
     Ok(AdminTarget {
         addr,
@@ -1209,10 +1249,12 @@ impl AdminTarget {
 
     fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CliError> {
         let mut r = tonic::Request::new(message);
-        let value = format!("Bearer {}", self.token)
-            .parse()
-            .map_err(|_| usage("--token: not a valid header value".into()))?;
-        r.metadata_mut().insert("authorization", value);
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| usage("--token: not a valid header value".into()))?;
+            r.metadata_mut().insert("authorization", value);
+        }
         Ok(r)
     }
 }

@@ -71,6 +71,7 @@ pub async fn run(args: DevArgs, env: &Env) -> anyhow::Result<std::process::ExitC
             trust_domain: TRUST_DOMAIN.into(),
             hubs: vec![HUB.parse()?],
             spokes: SPOKES.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+            admins: Vec::new(),
             valid_days: 30,
         },
     )?;

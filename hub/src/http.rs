@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,7 @@ use mosaic_shared::pb::federation::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 
-use crate::admin::{AdminService, CURSOR_KEY, REASON_KEY};
+use crate::admin::{AdminService, CURSOR_KEY, PeerIdentity, REASON_KEY};
 use crate::openapi::{Body, Param, ParamIn, ParamSchema, Route};
 use crate::render;
 
@@ -54,10 +54,12 @@ pub fn router(service: Arc<AdminService>) -> Router {
 
 type Svc = State<Arc<AdminService>>;
 
-/// Calls the gRPC handler `f` with the HTTP caller's `Authorization` header as metadata, and
-/// answers with its response as JSON, or with its refusal.
+/// Calls the gRPC handler `f` with the HTTP caller's `Authorization` header as metadata and
+/// its client certificate's identity as an extension, and answers with its response as JSON,
+/// or with its refusal.
 async fn call<Req, Resp, Fut>(
     headers: &HeaderMap,
+    peer: PeerIdentity,
     request: Req,
     f: impl FnOnce(tonic::Request<Req>) -> Fut,
 ) -> Response
@@ -66,6 +68,7 @@ where
     Resp: serde::Serialize,
 {
     let mut r = tonic::Request::new(request);
+    r.extensions_mut().insert(peer);
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         match v.to_str().ok().and_then(|v| v.parse().ok()) {
             Some(v) => {
@@ -92,19 +95,31 @@ fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8], what: &str) -> R
     serde_json::from_slice(bytes).map_err(|e| format!("{what}: the body is not valid: {e}"))
 }
 
-async fn list_spokes(State(s): Svc, headers: HeaderMap) -> Response {
-    call(&headers, admin::ListSpokesRequest {}, |r| async move {
-        s.list_spokes(r).await
-    })
+async fn list_spokes(
+    State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
+    headers: HeaderMap,
+) -> Response {
+    call(
+        &headers,
+        peer,
+        admin::ListSpokesRequest {},
+        |r| async move { s.list_spokes(r).await },
+    )
     .await
 }
 
-async fn spawn(State(s): Svc, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn spawn(
+    State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
     let request: admin::SpawnRequest = match body(&bytes, "spawn") {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    call(&headers, request, |r| async move { s.spawn(r).await }).await
+    call(&headers, peer, request, |r| async move { s.spawn(r).await }).await
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -115,6 +130,7 @@ struct SpokeQuery {
 
 async fn get_status(
     State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<SpokeQuery>, QueryRejection>,
@@ -127,10 +143,22 @@ async fn get_status(
         id,
         spoke_id: q.spoke_id.unwrap_or_default(),
     };
-    call(&headers, request, |r| async move { s.get_status(r).await }).await
+    call(
+        &headers,
+        peer,
+        request,
+        |r| async move { s.get_status(r).await },
+    )
+    .await
 }
 
-async fn kill(State(s): Svc, headers: HeaderMap, Path(id): Path<String>, bytes: Bytes) -> Response {
+async fn kill(
+    State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
     let mut request: admin::KillRequest = match body(&bytes, "kill") {
         Ok(r) => r,
         Err(e) => return bad_request(e),
@@ -139,7 +167,7 @@ async fn kill(State(s): Svc, headers: HeaderMap, Path(id): Path<String>, bytes: 
         return bad_request("kill.id: the body names another job than the path".into());
     }
     request.id = id;
-    call(&headers, request, |r| async move { s.kill(r).await }).await
+    call(&headers, peer, request, |r| async move { s.kill(r).await }).await
 }
 
 /// `GET /v1/jobs` parameters; `states` is comma-separated (`pending,executing` or the enum
@@ -156,6 +184,7 @@ struct AgentsQuery {
 
 async fn list_agents(
     State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
     headers: HeaderMap,
     query: Result<Query<AgentsQuery>, QueryRejection>,
 ) -> Response {
@@ -187,29 +216,47 @@ async fn list_agents(
         limit: q.limit.unwrap_or(0),
         page_token: q.page_token.unwrap_or_default(),
     };
-    call(&headers, request, |r| async move { s.list_agents(r).await }).await
+    call(&headers, peer, request, |r| async move {
+        s.list_agents(r).await
+    })
+    .await
 }
 
 fn queue_request(spoke_id: String) -> admin::QueueRequest {
     admin::QueueRequest { spoke_id }
 }
 
-async fn queue_stats(State(s): Svc, headers: HeaderMap, Path(spoke): Path<String>) -> Response {
-    call(&headers, queue_request(spoke), |r| async move {
+async fn queue_stats(
+    State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
+    headers: HeaderMap,
+    Path(spoke): Path<String>,
+) -> Response {
+    call(&headers, peer, queue_request(spoke), |r| async move {
         s.queue_stats(r).await
     })
     .await
 }
 
-async fn pause_queue(State(s): Svc, headers: HeaderMap, Path(spoke): Path<String>) -> Response {
-    call(&headers, queue_request(spoke), |r| async move {
+async fn pause_queue(
+    State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
+    headers: HeaderMap,
+    Path(spoke): Path<String>,
+) -> Response {
+    call(&headers, peer, queue_request(spoke), |r| async move {
         s.pause_queue(r).await
     })
     .await
 }
 
-async fn resume_queue(State(s): Svc, headers: HeaderMap, Path(spoke): Path<String>) -> Response {
-    call(&headers, queue_request(spoke), |r| async move {
+async fn resume_queue(
+    State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
+    headers: HeaderMap,
+    Path(spoke): Path<String>,
+) -> Response {
+    call(&headers, peer, queue_request(spoke), |r| async move {
         s.resume_queue(r).await
     })
     .await
@@ -226,6 +273,7 @@ struct AuditQuery {
 
 async fn audit(
     State(s): Svc,
+    Extension(peer): Extension<PeerIdentity>,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
@@ -239,7 +287,7 @@ async fn audit(
         limit: q.limit.unwrap_or(0),
         page_token: q.page_token.unwrap_or_default(),
     };
-    call(&headers, request, |r| async move { s.audit(r).await }).await
+    call(&headers, peer, request, |r| async move { s.audit(r).await }).await
 }
 
 /// The OpenAPI document: public, like the .proto files it is generated from.
@@ -291,6 +339,14 @@ pub async fn serve(
                 return;
             };
             let Ok(tls) = tls else { return };
+            // The TLS layer verified a client certificate against the hub's CA, if one came.
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|c| mosaic_shared::tls::identity_of(c).ok());
+            let router = router.layer(axum::Extension(PeerIdentity(peer)));
             let service = hyper_util::service::TowerToHyperService::new(router);
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -364,6 +420,7 @@ fn bad_request(message: String) -> Response {
 
 async fn watch(
     State(service): State<Arc<AdminService>>,
+    Extension(peer): Extension<PeerIdentity>,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Response {
@@ -375,6 +432,7 @@ async fn watch(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
+        peer.0.as_ref(),
     ) {
         Ok(p) => p,
         Err(s) => return refusal(&s),

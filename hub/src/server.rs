@@ -105,7 +105,7 @@ pub async fn run(
     if let Some(listener) = http {
         let tls = config
             .tls
-            .rustls_server_config_without_client_auth()
+            .rustls_server_config_optional_client_auth()
             .map_err(|e| ServeError::Tls(e.to_string()))?;
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -143,7 +143,7 @@ pub async fn run(
         .build_v1()
         .map_err(|e| ServeError::Serve(format!("reflection: {e}")))?;
     let server = tonic::transport::Server::builder()
-        .tls_config(config.tls.server_config_without_client_auth())
+        .tls_config(config.tls.server_config_optional_client_auth())
         .map_err(|e| ServeError::Tls(e.to_string()))?
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -25,13 +25,16 @@ use tonic::transport::{Channel, Endpoint};
 pub enum Role {
     Hub,
     Spoke,
+    /// A client of the hub's admin API that authenticates by certificate.
+    Admin,
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Hub => "hub",
             Role::Spoke => "spoke",
+            Role::Admin => "admin",
         }
     }
 }
@@ -53,7 +56,7 @@ impl SpiffeId {
         }
     }
 
-    /// Parses a URI; anything but exactly `spiffe://<td>/(hub|spoke)/<id>` is refused.
+    /// Parses a URI; anything but exactly `spiffe://<td>/(hub|spoke|admin)/<id>` is refused.
     pub fn parse(uri: &str) -> Result<Self, IdentityError> {
         let not = || IdentityError::NotSpiffe(uri.chars().take(200).collect());
         let rest = uri.strip_prefix("spiffe://").ok_or_else(not)?;
@@ -66,6 +69,7 @@ impl SpiffeId {
         let role = match role {
             "hub" => Role::Hub,
             "spoke" => Role::Spoke,
+            "admin" => Role::Admin,
             _ => return Err(not()),
         };
         if td.is_empty() || id.is_empty() {
@@ -98,7 +102,9 @@ pub enum IdentityError {
     NoUriSan,
     #[error("the peer certificate has {0} URI SANs; exactly one is allowed")]
     SeveralUriSans(usize),
-    #[error("the peer certificate's URI SAN {0:?} is not spiffe://<trust-domain>/hub|spoke/<id>")]
+    #[error(
+        "the peer certificate's URI SAN {0:?} is not spiffe://<trust-domain>/hub|spoke|admin/<id>"
+    )]
     NotSpiffe(String),
     #[error("the peer is {found}, expected {expected}")]
     Unexpected { expected: String, found: SpiffeId },
@@ -244,6 +250,42 @@ impl fmt::Debug for TlsMaterial {
     }
 }
 
+/// A certificate chain and its private key, read from PEM files.
+struct Identity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    fn read(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let cert_pem = read("certificate", cert)?;
+        let key_pem = read("private key", key)?;
+        let empty = |what, path: &Path, expect| TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            expect,
+        };
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(|_| empty("certificate", cert, "certificates"))?;
+        if chain.is_empty() {
+            return Err(empty("certificate", cert, "certificates"));
+        }
+        let parsed = rustls_pemfile::private_key(&mut &key_pem[..])
+            .ok()
+            .flatten()
+            .ok_or_else(|| empty("private key", key, "private key"))?;
+        Ok(Identity {
+            cert_pem,
+            key_pem,
+            chain,
+            key: parsed,
+        })
+    }
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,
@@ -254,24 +296,14 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 
 impl TlsMaterial {
     pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
-        let cert_pem = read("certificate", &paths.cert)?;
-        let key_pem = read("private key", &paths.key)?;
         let ca_pem = read("CA bundle", &paths.ca)?;
         let empty = |what, path: &Path, expect| TlsError::Empty {
             what,
             path: path.to_owned(),
             expect,
         };
-        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
-            .collect::<Result<_, _>>()
-            .map_err(|_| empty("certificate", &paths.cert, "certificates"))?;
-        if chain.is_empty() {
-            return Err(empty("certificate", &paths.cert, "certificates"));
-        }
-        let key = rustls_pemfile::private_key(&mut &key_pem[..])
-            .ok()
-            .flatten()
-            .ok_or_else(|| empty("private key", &paths.key, "private key"))?;
+        let own = Identity::read(&paths.cert, &paths.key)?;
+        let (cert_pem, key_pem, chain, key) = (own.cert_pem, own.key_pem, own.chain, own.key);
         let mut roots = RootCertStore::empty();
         for ca in rustls_pemfile::certs(&mut &ca_pem[..]) {
             let ca = ca.map_err(|_| empty("CA bundle", &paths.ca, "certificates"))?;
@@ -308,6 +340,17 @@ impl TlsMaterial {
             });
         }
         Ok(material)
+    }
+
+    /// The same CA trust, with `cert` and `key` as the certificate this side presents: for an
+    /// admin client that authenticates by certificate.
+    pub fn with_client_certificate(mut self, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let own = Identity::read(cert, key)?;
+        self.cert_pem = own.cert_pem;
+        self.key_pem = own.key_pem;
+        self.chain = own.chain;
+        self.key = Some(Arc::new(own.key));
+        Ok(self)
     }
 
     /// The same CA trust, but no client certificate: only for exercising a server's refusal.
@@ -361,18 +404,17 @@ impl TlsMaterial {
             .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
     }
 
-    /// tonic server TLS for clients that authenticate otherwise (the hub's admin API, by
-    /// bearer token): present our chain, ask for no client certificate.
-    pub fn server_config_without_client_auth(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
-            &self.cert_pem,
-            &self.key_pem,
-        ))
+    /// tonic server TLS for the hub's admin API: present our chain, and accept a client
+    /// certificate that chains to our CA without requiring one (callers without one
+    /// authenticate by bearer token).
+    pub fn server_config_optional_client_auth(&self) -> tonic::transport::ServerTlsConfig {
+        self.server_config().client_auth_optional(true)
     }
 
-    /// rustls server config for the hub's HTTP API: our chain, no client certificate asked
-    /// for (callers authenticate by token), HTTP/2 and HTTP/1.1.
-    pub fn rustls_server_config_without_client_auth(
+    /// rustls server config for the hub's HTTP API: our chain, HTTP/2 and HTTP/1.1, and
+    /// (as [`TlsMaterial::server_config_optional_client_auth`]) an optional client
+    /// certificate that must chain to our CA when one is sent.
+    pub fn rustls_server_config_optional_client_auth(
         &self,
     ) -> Result<rustls::ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -381,9 +423,16 @@ impl TlsMaterial {
             .as_ref()
             .ok_or(TlsError::Rustls(rustls::Error::NoCertificatesPresented))?
             .clone_key();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)

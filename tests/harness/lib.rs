@@ -173,6 +173,7 @@ impl FederationBuilder {
                     .iter()
                     .map(|s| s.parse())
                     .collect::<Result<_, _>>()?,
+                admins: ADMIN_CERTS.iter().map(|a| a.to_string()).collect(),
                 valid_days: 2,
             },
         )?;
@@ -286,6 +287,10 @@ struct HubServer {
     events: Vec<String>,
 }
 
+/// Admin API clients with a certificate (`pki/admin-<name>.crt`): `ops` has an entry in the
+/// tokens file (operator in `ws-test`), `stranger` has none.
+pub const ADMIN_CERTS: [&str; 2] = ["ops", "stranger"];
+
 /// The admin API tokens a hub server's tokens file holds: name, role, workspaces.
 pub const TOKENS: [(&str, &str, &[&str]); 4] = [
     ("admin", "admin", &["*"]),
@@ -308,6 +313,9 @@ fn write_tokens(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         file.push('\n');
         tokens.insert(name.to_owned(), t.token().to_owned());
     }
+    file.push_str(&format!(
+        "[[tokens]]\nname = \"ops\"\nidentity = \"spiffe://{TRUST_DOMAIN}/admin/ops\"\nrole = \"operator\"\nworkspaces = [\"ws-test\"]\n"
+    ));
     std::fs::write(path, file)?;
     Ok(tokens)
 }
@@ -570,8 +578,29 @@ impl Federation {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> anyhow::Result<(u16, String, HttpBody)> {
+        self.hub_http_as(None, method, path_and_query, headers, body)
+            .await
+    }
+
+    /// [`Federation::hub_http`], presenting the certificate of admin client `client` (see
+    /// [`ADMIN_CERTS`]) if given.
+    pub async fn hub_http_as(
+        &self,
+        client: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String, HttpBody)> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let trust = TlsMaterial::trust_only(&self.dir().join("pki").join(certs::CA_CERT))?;
+        let pki = self.dir().join("pki");
+        let mut trust = TlsMaterial::trust_only(&pki.join(certs::CA_CERT))?;
+        if let Some(name) = client {
+            trust = trust.with_client_certificate(
+                &pki.join(certs::cert_file(Role::Admin, name)),
+                &pki.join(certs::key_file(Role::Admin, name)),
+            )?;
+        }
         let mut config = trust.rustls_client_config(SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
@@ -647,6 +676,29 @@ impl Federation {
         &self,
     ) -> anyhow::Result<mosaic_shared::pb::admin::v1::admin_client::AdminClient<Channel>> {
         let trust = TlsMaterial::trust_only(&self.dir().join("pki").join(certs::CA_CERT))?;
+        self.admin_over(trust).await
+    }
+
+    /// An admin API client presenting the certificate of `role`/`name` (e.g. an admin client
+    /// of [`ADMIN_CERTS`], or a spoke's certificate) instead of a token.
+    pub async fn admin_with_cert(
+        &self,
+        role: Role,
+        name: &str,
+    ) -> anyhow::Result<mosaic_shared::pb::admin::v1::admin_client::AdminClient<Channel>> {
+        let pki = self.dir().join("pki");
+        let material = TlsMaterial::trust_only(&pki.join(certs::CA_CERT))?
+            .with_client_certificate(
+                &pki.join(certs::cert_file(role, name)),
+                &pki.join(certs::key_file(role, name)),
+            )?;
+        self.admin_over(material).await
+    }
+
+    async fn admin_over(
+        &self,
+        trust: TlsMaterial,
+    ) -> anyhow::Result<mosaic_shared::pb::admin::v1::admin_client::AdminClient<Channel>> {
         let channel = tls::connect(
             &self.hub_addr().to_string(),
             SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB),

@@ -814,3 +814,146 @@ async fn health_and_reflection_answer_for_probes_and_grpcurl() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn an_admin_client_certificate_authenticates_like_a_token_with_its_own_entry() {
+    let fed = Federation::builder()
+        .spoke("a")
+        .hub_server()
+        .start()
+        .await
+        .unwrap();
+    use mosaic_shared::tls::Role;
+    // `ops` is an operator in ws-test by its certificate's identity; no token is sent.
+    let mut ops = fed.admin_with_cert(Role::Admin, "ops").await.unwrap();
+    let spawned = ops
+        .spawn(tonic::Request::new(spawn_request("ws-test", "a", "true")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(spawned.spoke_id, "a");
+    let other = ops
+        .spawn(tonic::Request::new(spawn_request("ws-other", "a", "true")))
+        .await;
+    assert_eq!(refused(other).0, Code::NotFound);
+    let pause = ops
+        .pause_queue(tonic::Request::new(admin::QueueRequest {
+            spoke_id: "a".into(),
+        }))
+        .await;
+    assert_eq!(refused(pause).0, Code::PermissionDenied);
+    // The audit trail names the certificate's entry as the caller.
+    let mut c = fed.admin().await.unwrap();
+    let record = c
+        .audit(authed(
+            &fed.token("admin"),
+            admin::AuditRequest {
+                command_id: spawned.command_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .remove(0);
+    assert_eq!(record.caller, "ops");
+
+    // A token, when sent, decides: the viewer token over the ops certificate may not spawn.
+    let as_viewer = ops
+        .spawn(authed(
+            &fed.token("viewer"),
+            spawn_request("ws-test", "a", "true"),
+        ))
+        .await;
+    assert_eq!(refused(as_viewer).0, Code::PermissionDenied);
+
+    // A valid certificate without an entry, and a spoke's certificate, are nobody.
+    let mut stranger = fed.admin_with_cert(Role::Admin, "stranger").await.unwrap();
+    let (code, why, msg) = refused(
+        stranger
+            .list_spokes(tonic::Request::new(admin::ListSpokesRequest {}))
+            .await,
+    );
+    assert_eq!(
+        (code, why.as_str()),
+        (Code::Unauthenticated, "unauthenticated")
+    );
+    assert!(msg.contains("admin/stranger has no entry"), "{msg}");
+    let mut spoke = fed.admin_with_cert(Role::Spoke, "a").await.unwrap();
+    let r = spoke
+        .list_spokes(tonic::Request::new(admin::ListSpokesRequest {}))
+        .await;
+    assert_eq!(refused(r).0, Code::Unauthenticated);
+
+    // Over HTTP too.
+    let (code, _, body) = fed
+        .hub_http_as(Some("ops"), "GET", "/v1/spokes", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", body.text().await.unwrap());
+    let (code, _, _) = fed
+        .hub_http_as(Some("stranger"), "GET", "/v1/spokes", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(code, 401);
+
+    // Removing the entry revokes the certificate without a restart.
+    let tokens = fed.dir().join("tokens.toml");
+    let text = std::fs::read_to_string(&tokens).unwrap();
+    let kept = &text[..text.find("name = \"ops\"").unwrap() - "[[tokens]]\n".len()];
+    std::fs::write(&tokens, kept).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = ops
+            .list_spokes(tonic::Request::new(admin::ListSpokesRequest {}))
+            .await;
+        match r {
+            Err(s) if s.code() == Code::Unauthenticated => break,
+            other => {
+                assert!(Instant::now() < deadline, "still accepted: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cli_authenticates_with_a_client_certificate() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fed = rt
+        .block_on(Federation::builder().spoke("a").hub_server().start())
+        .unwrap();
+    let pki = fed.dir().join("pki");
+    let cert = pki.join("admin-ops.crt");
+    let key = pki.join("admin-ops.key");
+    let hub = fed.hub_addr().to_string();
+    let (code, out, err) = hub_cli(
+        &fed,
+        &[
+            "spokes",
+            "--hub",
+            &hub,
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).unwrap().starts_with("a "), "{out}");
+    let (code, _, err) = hub_cli(
+        &fed,
+        &[
+            "spokes",
+            "--hub",
+            &hub,
+            "--client-cert",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        code, 2,
+        "a certificate without its key is a usage error: {err}"
+    );
+}

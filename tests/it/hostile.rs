@@ -223,6 +223,7 @@ async fn client_certificates_must_exist_and_chain_to_the_ca() {
             trust_domain: TRUST_DOMAIN.into(),
             hubs: vec![HUB.parse().unwrap()],
             spokes: vec![],
+            admins: Vec::new(),
             valid_days: 1,
         },
     )
