@@ -672,9 +672,11 @@ mod tests {
         let id = SpiffeId::parse("spiffe://mosaic.local/hub/main").unwrap();
         assert_eq!(id, SpiffeId::new("mosaic.local", Role::Hub, "main"));
         assert_eq!(id.to_string(), "spiffe://mosaic.local/hub/main");
+        let admin = SpiffeId::parse("spiffe://mosaic.local/admin/ops").unwrap();
+        assert_eq!(admin.role, Role::Admin);
         for bad in [
             "https://mosaic.local/hub/main",
-            "spiffe://mosaic.local/admin/main",
+            "spiffe://mosaic.local/operator/main",
             "spiffe://mosaic.local/hub/main/extra",
             "spiffe://mosaic.local/hub/",
             "spiffe:///hub/main",
