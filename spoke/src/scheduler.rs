@@ -59,6 +59,9 @@ struct Flight {
     /// Whether this call is the one allowed to dispatch or promote.
     dispatching: bool,
     promote: bool,
+    /// For a promotion: how many changes to the delayed set had been seen when it was sent
+    /// (see `Pipeline::delays_seen`). Its answer covers those, and only those.
+    delays_seen: u64,
 }
 
 /// The scheduler loop's bookkeeping between calls.
@@ -86,11 +89,25 @@ struct Pipeline {
     /// enqueued, an attempt failed into a retry backoff): the next dispatching call promotes
     /// and re-reads it.
     check_due: bool,
+    /// Changes to the delayed set seen so far, each done in Valkey when counted: a call with a
+    /// failed attempt's record landed, a wake-up for an enqueue, maintenance. A call sent after
+    /// one is executed after it, but calls in flight together may be executed in either order,
+    /// so a promotion answers only for the changes seen before it was sent.
+    delays_seen: u64,
     /// Whether the promotion in flight was for a due time that has passed.
     promoted_due: bool,
     failures: u32,
     /// No call is sent before this, after a failure.
     retry_at: Option<Instant>,
+}
+
+impl Pipeline {
+    /// The delayed set may have changed, and the change is done in Valkey: the next promotion
+    /// re-reads when its earliest job is due.
+    fn delay_may_have_changed(&mut self) {
+        self.delays_seen += 1;
+        self.check_due = true;
+    }
 }
 
 /// What the scheduler is doing; the spoke moves it forward on shutdown.
@@ -162,7 +179,7 @@ impl Scheduler {
                 self.maintain().await;
                 next_maintenance = Instant::now() + maintenance_every;
                 st.runnable = true;
-                st.check_due = true;
+                st.delay_may_have_changed();
             }
             while st.batch.len() < MAX_RECORD_BATCH {
                 match self.records.try_recv() {
@@ -220,8 +237,10 @@ impl Scheduler {
                 },
                 r = self.records.recv() => st.batch.extend(r),
                 () = self.wake.notified() => {
+                    // The enqueue that woke us is done in Valkey: a promotion sent from now on
+                    // sees its job if it is delayed.
                     st.runnable = true;
-                    st.check_due = true;
+                    st.delay_may_have_changed();
                 }
                 () = tokio::time::sleep(wait) => {}
                 _ = phase.changed() => {}
@@ -246,9 +265,6 @@ impl Scheduler {
         }
         st.batch = held;
         let ending = records.iter().filter(|r| r.record.is_end()).count();
-        if records.iter().any(|r| r.record.may_delay_job()) {
-            st.check_due = true;
-        }
         let dispatching = running && !st.dispatch_in_flight;
         let mut dispatch = None;
         let mut promote = false;
@@ -289,6 +305,7 @@ impl Scheduler {
             dispatch,
             dispatching,
             promote,
+            delays_seen: st.delays_seen,
         })
     }
 
@@ -323,6 +340,11 @@ impl Scheduler {
         };
         st.failures = 0;
         st.retry_at = None;
+        if flight.records.iter().any(|r| r.record.may_delay_job()) {
+            // Counted when it has landed, not when sent: a promotion in flight beside it may
+            // have run before it.
+            st.delay_may_have_changed();
+        }
         for (pending, result) in flight.records.into_iter().zip(out.records) {
             if pending.record.is_end() {
                 self.supervisor.release(pending.record.agent());
@@ -331,7 +353,8 @@ impl Scheduler {
         }
         if flight.promote {
             st.next_due = out.next_due;
-            st.check_due = false;
+            // A change seen after it was sent may be missing from its answer: read again.
+            st.check_due = st.delays_seen != flight.delays_seen;
             if std::mem::take(&mut st.promoted_due) {
                 st.runnable = true;
             }
