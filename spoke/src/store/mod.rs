@@ -19,6 +19,7 @@ pub use queue::{
 };
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mosaic_shared::ids::{AgentId, CommandId, HubId, JobId, ProfileName, SpokeId, WorkspaceId};
@@ -184,9 +185,11 @@ pub struct Store {
     /// For connections of their own (blocking stream reads).
     client: redis::Client,
     keys: Keys,
-    release_command: Script,
-    queue: queue::QueueScripts,
-    events_scripts: events::EventScripts,
+    /// The scripts, shared: a `Script` holds its whole source, and the store is cloned for
+    /// every call in flight and every attempt.
+    release_command: Arc<Script>,
+    queue: Arc<queue::QueueScripts>,
+    events_scripts: Arc<events::EventScripts>,
 }
 
 impl Store {
@@ -213,9 +216,9 @@ impl Store {
             con: retry::Retrying(con),
             client,
             keys: Keys::new(spoke),
-            release_command: Script::new(RELEASE_COMMAND),
-            queue: queue::QueueScripts::new(),
-            events_scripts: events::EventScripts::new(queue::PRELUDE),
+            release_command: Arc::new(Script::new(RELEASE_COMMAND)),
+            queue: Arc::new(queue::QueueScripts::new()),
+            events_scripts: Arc::new(events::EventScripts::new(queue::PRELUDE)),
         })
     }
 
