@@ -35,8 +35,6 @@ const DISPATCH_SCAN: usize = 64;
 const PROMOTE_BATCH: usize = 256;
 /// Most finished jobs deleted by one retention call per terminal state.
 const TRIM_BATCH: usize = 500;
-/// Fields per attempt record in STEP's arguments.
-const RECORD_FIELDS: usize = 12;
 /// Fields per created attempt in STEP's reply.
 const DISPATCHED_FIELDS: usize = 6;
 
@@ -70,18 +68,17 @@ const STEP: &str = r"
 -- KEYS: pending, delayed, active, paused, running-by-profile, events, done:completed,
 --       done:failed, done:cancelled, this owner's dispatch token
 -- ARGV: [1-2] key layout (see the prelude), [3] now, [4] lease_until, [5] owner,
---       [6] total limit, [7] scan, [8] promote batch,
---       [9] '1' to promote due delayed jobs and report the next due time,
---       [10] how many attempts to create, [11] this dispatch's token (the same on a retry),
---       [12] profile limits 'name limit ...' ('' for none),
---       [13] agent states that may become running, [14] job states that may become executing,
---       [15-22] per outcome (completed, failed, killed, interrupted): the agent states that may
---       enter its attempt state, the job states it may move on from,
---       [23] number of records, then 12 fields per record:
---       'run', job, agent, attempt, at, pid, process start time, then 5 unused;
+--       [6] total limit, [7] '1' to promote due delayed jobs and report the next due time,
+--       [8] how many attempts to create, [9] this dispatch's token (the same on a retry),
+--       [10] profile limits 'name limit ...' ('' for none),
+--       [11] number of records, then per record:
+--       'run', job, agent, attempt, at, pid, process start time (7 fields);
 --       'end', job, agent, attempt, at, outcome, retry delay ms, error, exit code, signal,
 --       output tail, in-process start time ('' unless the attempt started and ended in
---       process).
+--       process) (12 fields).
+-- Constants (step_constants, put before this body): SCAN, PROMOTE_BATCH, the allowed-states
+-- sets RUN_AGENT and RUN_JOB, and ENDS[outcome] = {agent = set, job = set}; built from the Rust
+-- state machines once, so no call sends or parses them.
 -- Returns {next due time or '', record count, code and state per record, then per attempt
 -- created: job id, attempt number, failures so far, profile, workspace, launch record}.
 -- Each event entry carries the job's event number `seq` of the first event it stands for, and
@@ -90,20 +87,11 @@ const STEP: &str = r"
 local now, owner = ARGV[3], ARGV[5]
 local PENDING, DELAYED, ACTIVE, RUNNING, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
 local DONE = {completed = KEYS[7], failed = KEYS[8], cancelled = KEYS[9]}
-local function set(s)
-  local t = {}
-  for x in string.gmatch(s, '%S+') do t[x] = true end
-  return t
-end
-local run_agent, run_job = set(ARGV[13]), set(ARGV[14])
-local ends = {}
-for i, o in ipairs({'completed', 'failed', 'killed', 'interrupted'}) do
-  ends[o] = {agent = set(ARGV[13 + 2 * i]), job = set(ARGV[14 + 2 * i])}
-end
+local run_agent, run_job, ends = RUN_AGENT, RUN_JOB, ENDS
 local limits, limited = {}, false
 do
   local name
-  for x in string.gmatch(ARGV[12], '%S+') do
+  for x in string.gmatch(ARGV[10], '%S+') do
     if name then limits[name] = tonumber(x); name = nil; limited = true else name = x end
   end
 end
@@ -214,17 +202,19 @@ local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inp
   return 1, next
 end
 
-local count = tonumber(ARGV[23])
+local count = tonumber(ARGV[11])
 local out = {'', count}
-for r = 0, count - 1 do
-  local b = 23 + r * 12
+local b = 11
+for _ = 1, count do
   local code, state
   if ARGV[b + 1] == 'run' then
     code, state = running(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
       ARGV[b + 7])
+    b = b + 7
   else
     code, state = ended(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
       ARGV[b + 7], ARGV[b + 8], ARGV[b + 9], ARGV[b + 10], ARGV[b + 11], ARGV[b + 12])
+    b = b + 12
   end
   out[#out + 1] = code
   out[#out + 1] = state
@@ -234,8 +224,8 @@ for state, members in pairs(finished) do
   if #members > 0 then redis.call('ZADD', DONE[state], unpack(members)) end
 end
 
-if ARGV[9] == '1' then
-  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))
+if ARGV[7] == '1' then
+  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
   for _, id in ipairs(due) do
     local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace', 'events')
     local seq = tonumber(f[4]) + 1
@@ -256,7 +246,7 @@ local function reply(id, attempt, f)
     out[#out + 1] = v
   end
 end
-local wanted, token = tonumber(ARGV[10]), ARGV[11]
+local wanted, token = tonumber(ARGV[8]), ARGV[9]
 if wanted > 0 and redis.call('SET', KEYS[10], token, 'GET', 'PX', 86400000) == token then
   -- A repeat (a retried call whose first try ran): the attempts it created, as they are.
   for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
@@ -272,7 +262,7 @@ elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
   end
   -- With profile limits: the first pending job (in order, among the first `scan`) whose
   -- profile is under its limit, one slot at a time.
-  local scan = tonumber(ARGV[7])
+  local scan = SCAN
   local function pick()
     local offset = 0
     while offset < scan do
@@ -316,7 +306,7 @@ elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
   end
   if #leases > 0 then redis.call('ZADD', ACTIVE, unpack(leases)) end
 end
-if ARGV[9] == '1' then
+if ARGV[7] == '1' then
   local next_due = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if next_due[2] then out[1] = next_due[2] end
 end
@@ -521,8 +511,8 @@ impl AttemptRecord {
         matches!(self, AttemptRecord::Ended { .. })
     }
 
-    /// STEP's [`RECORD_FIELDS`] arguments for this record.
-    fn args(&self) -> Result<[String; RECORD_FIELDS], String> {
+    /// STEP's arguments for this record: 7 for a start, 12 for an end.
+    fn args(&self) -> Result<Vec<String>, String> {
         let attempt = self
             .agent()
             .attempt()
@@ -535,7 +525,7 @@ impl AttemptRecord {
                 at_ms,
                 pid,
                 proc_start,
-            } => [
+            } => vec![
                 "run".into(),
                 job.to_string(),
                 agent.to_string(),
@@ -543,18 +533,13 @@ impl AttemptRecord {
                 at_ms.to_string(),
                 pid.to_string(),
                 proc_start.to_string(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
             ],
             AttemptRecord::Ended {
                 job,
                 agent,
                 at_ms,
                 end,
-            } => [
+            } => vec![
                 "end".into(),
                 job.to_string(),
                 agent.to_string(),
@@ -656,7 +641,7 @@ impl QueueScripts {
         let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         QueueScripts {
             enqueue: s(ENQUEUE),
-            step: s(STEP),
+            step: s(&format!("{}\n{STEP}", step_constants())),
             remove: s(REMOVE),
             renew: s(RENEW),
             trim: s(TRIM),
@@ -763,6 +748,43 @@ fn layout(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
 }
 
 /// A state list as the scripts take it: names separated by spaces.
+/// STEP's constants as Lua, from the Rust state machines (see STEP's header).
+fn step_constants() -> String {
+    let set = |states: String| {
+        // State names are lower-case words, so they need no quoting beyond the quotes.
+        debug_assert!(
+            states
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b' ')
+        );
+        let members: Vec<String> = states
+            .split(' ')
+            .map(|s| format!("['{s}'] = true"))
+            .collect();
+        format!("{{{}}}", members.join(", "))
+    };
+    let ends: Vec<String> = Outcome::ALL
+        .iter()
+        .map(|o| {
+            format!(
+                "{} = {{agent = {}, job = {}}}",
+                o.as_str(),
+                set(names(o.attempt_state().may_enter_from())),
+                set(names(&o.job_sources())),
+            )
+        })
+        .collect();
+    format!(
+        "local SCAN, PROMOTE_BATCH = {DISPATCH_SCAN}, {PROMOTE_BATCH}\n\
+         local RUN_AGENT = {}\n\
+         local RUN_JOB = {}\n\
+         local ENDS = {{{}}}",
+        set(names(AgentState::Running.may_enter_from())),
+        set(names(JobState::Executing.may_enter_from())),
+        ends.join(", "),
+    )
+}
+
 fn names<S: Copy + std::fmt::Display>(states: &[S]) -> String {
     states
         .iter()
@@ -858,19 +880,11 @@ impl Store {
             .arg(lease_until)
             .arg(owner)
             .arg(total)
-            .arg(DISPATCH_SCAN)
-            .arg(PROMOTE_BATCH)
             .arg(if promote { "1" } else { "0" })
             .arg(count)
             .arg(token)
             .arg(limits)
-            .arg(names(AgentState::Running.may_enter_from()))
-            .arg(names(JobState::Executing.may_enter_from()));
-        for outcome in Outcome::ALL {
-            inv.arg(names(outcome.attempt_state().may_enter_from()))
-                .arg(names(&outcome.job_sources()));
-        }
-        inv.arg(records.len());
+            .arg(records.len());
         for r in records {
             let args = r.args().map_err(|reason| StoreError::Corrupt {
                 key: self.keys.job(r.job().as_str()),
