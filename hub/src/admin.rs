@@ -643,6 +643,7 @@ impl admin::admin_server::Admin for AdminService {
                         h.version = i.version;
                         h.profiles = i.profiles;
                         h.queue = i.queue;
+                        h.draining = i.draining;
                     }
                     Err(e) => h.error = e,
                 }

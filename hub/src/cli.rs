@@ -992,7 +992,12 @@ fn spokes_table(spokes: &[admin::SpokeHealth]) -> String {
             vec![
                 h.spoke_id.clone(),
                 h.address.clone(),
-                if h.reachable { "yes" } else { "no" }.into(),
+                match (h.reachable, h.draining) {
+                    (true, false) => "yes",
+                    (true, true) => "draining",
+                    (false, _) => "no",
+                }
+                .into(),
                 if h.reachable {
                     format!("{:.1}", h.rtt_ms)
                 } else {

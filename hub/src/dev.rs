@@ -443,6 +443,8 @@ trust_domain = {td}
 listen = {listen}
 valkey_url = {valkey}
 receipt_key = {receipt_key}
+# On Ctrl-C, running agents get this long to finish before they are stopped and re-queued.
+drain_deadline_ms = 5000
 
 [tls]
 cert = {cert}

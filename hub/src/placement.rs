@@ -111,6 +111,10 @@ pub fn choose(profile: &str, candidates: &[Candidate<'_>]) -> Result<SpokeId, No
                 continue;
             }
         };
+        if info.draining {
+            passed.push((c.spoke.clone(), "is draining before it stops".to_owned()));
+            continue;
+        }
         if !info.profiles.iter().any(|p| p == profile) {
             passed.push((c.spoke.clone(), format!("does not offer profile {profile}")));
             continue;

@@ -69,6 +69,9 @@ enum Ended {
     Shutdown,
     /// Reconnect at once (the stream ended cleanly, or the cursor moved under us).
     Again,
+    /// The spoke is shutting down (a drain or a rolling restart): follow it again once it is
+    /// back, without calling it a failure.
+    SpokeStopping,
     Failed(String),
 }
 
@@ -92,6 +95,18 @@ pub async fn follow(
             Ended::Again => {
                 backoff = BACKOFF_FIRST;
                 health.update(&spoke.id, |h| h.connected = false);
+            }
+            Ended::SpokeStopping => {
+                tracing::info!(spoke = %spoke.id, "the spoke is shutting down; following it again once it is back");
+                health.update(&spoke.id, |h| {
+                    h.connected = false;
+                    h.error = "the spoke is shutting down".into();
+                });
+                backoff = BACKOFF_FIRST;
+                tokio::select! {
+                    () = tokio::time::sleep(BACKOFF_FIRST) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
             }
             Ended::Failed(error) => {
                 tracing::warn!(spoke = %spoke.id, %error, retry_in = ?backoff, "event upstream down");
@@ -198,6 +213,9 @@ async fn refused(
             Ok(_) => Ended::Again,
             Err(e) => Ended::Failed(format!("the hub's valkey: {e}")),
         };
+    }
+    if reason == "shutting_down" {
+        return Ended::SpokeStopping;
     }
     Ended::Failed(format!(
         "event stream: {} ({:?})",

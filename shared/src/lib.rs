@@ -9,11 +9,13 @@
 //! - [`signing`]: ed25519 keys, key ids, domain-separated signatures over exact bytes.
 //! - [`tls`]: mutual TLS with SPIFFE-style URI SAN identities, and the client connector.
 //! - [`config`]: TOML + environment overrides into a binary's raw config struct.
+//! - [`ops`]: the operations port: Prometheus metrics, liveness, readiness, gRPC health.
 //! - [`telemetry`]: tracing setup.
 //! - [`time`]: wall-clock unix milliseconds.
 
 pub mod config;
 pub mod ids;
+pub mod ops;
 pub mod signing;
 pub mod stream;
 pub mod telemetry;

@@ -40,6 +40,13 @@ struct Raw {
     queue: RawQueue,
     #[serde(default)]
     events: RawEvents,
+    ops_listen: Option<SocketAddr>,
+    #[serde(default = "default_drain_deadline_ms")]
+    drain_deadline_ms: u64,
+}
+
+fn default_drain_deadline_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -212,6 +219,10 @@ pub struct SpokeConfig {
     pub profiles: BTreeMap<ProfileName, Arc<Profile>>,
     pub queue: QueueConfig,
     pub events: EventsConfig,
+    /// The plaintext operations port (metrics, health); none: not served.
+    pub ops_listen: Option<SocketAddr>,
+    /// On SIGTERM, how long running agents may go on before they are stopped and re-queued.
+    pub drain_deadline: Duration,
 }
 
 impl SpokeConfig {
@@ -234,6 +245,12 @@ impl SpokeConfig {
             return Err(invalid(
                 "clock_skew_ms",
                 "at most 600000 (10 minutes)".into(),
+            ));
+        }
+        if raw.drain_deadline_ms > 3_600_000 {
+            return Err(invalid(
+                "drain_deadline_ms",
+                "at most 3600000 (an hour); 0 stops running agents at once".into(),
             ));
         }
         if !(1_000..=86_400_000).contains(&raw.max_command_validity_ms) {
@@ -472,6 +489,8 @@ impl SpokeConfig {
             tls,
             trusted_hubs,
             profiles,
+            ops_listen: raw.ops_listen,
+            drain_deadline: Duration::from_millis(raw.drain_deadline_ms),
         })
     }
 }

@@ -16,7 +16,7 @@ use mosaic_shared::signing::{Domain, KeyPair};
 use mosaic_shared::time::unix_ms;
 use prost::Message as _;
 use rustls::pki_types::CertificateDer;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -24,6 +24,7 @@ use crate::command::Action;
 use crate::config::SpokeConfig;
 use crate::events::{Cursor, Filter};
 use crate::job::JobState;
+use crate::metrics::{ReasonLabel, SpokeMetrics};
 use crate::profile::{self, PlanError};
 use crate::runner::{KillOutcome, Stop, Supervisor};
 use crate::store::{AgentRecord, Claim, Guarded, JobRecord, NewJob, Store, StoreError};
@@ -63,17 +64,37 @@ enum Refusal {
     Store(#[from] StoreError),
     #[error("command task failed: {0}")]
     Task(String),
+    #[error(
+        "spoke {0} is draining before it stops and takes no new spawns; send the spawn to another spoke, or retry once it is back"
+    )]
+    Draining(String),
 }
 
 impl Refusal {
+    /// The stable reason code (`x-mosaic-reason`, and the metrics' outcome label).
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Verify(e) => e.reason(),
+            Refusal::Plan(e) => e.reason(),
+            Refusal::NotFound(_) => "not_found",
+            Refusal::NotQueued(..) => "job_not_queued",
+            Refusal::InFlight(_) => "command_in_flight",
+            Refusal::NotSupervised(_) => "agent_not_supervised",
+            Refusal::Store(_) => "store_unavailable",
+            Refusal::Task(_) => "internal",
+            Refusal::Draining(_) => "draining",
+        }
+    }
+
     fn into_status(self) -> Status {
-        let (code, reason) = match &self {
-            Refusal::Verify(e) => (e.code(), e.reason()),
-            Refusal::Plan(e) => (Code::InvalidArgument, e.reason()),
-            Refusal::NotFound(_) => (Code::NotFound, "not_found"),
-            Refusal::NotQueued(..) => (Code::FailedPrecondition, "job_not_queued"),
-            Refusal::InFlight(_) => (Code::Aborted, "command_in_flight"),
-            Refusal::NotSupervised(_) => (Code::FailedPrecondition, "agent_not_supervised"),
+        let reason = self.reason();
+        let code = match &self {
+            Refusal::Verify(e) => e.code(),
+            Refusal::Plan(_) => Code::InvalidArgument,
+            Refusal::NotFound(_) => Code::NotFound,
+            Refusal::NotQueued(..) | Refusal::NotSupervised(_) => Code::FailedPrecondition,
+            Refusal::InFlight(_) => Code::Aborted,
+            Refusal::Draining(_) => Code::Unavailable,
             // Internal failures: logged in full, answered with fixed text.
             Refusal::Store(e) => {
                 tracing::error!(error = %e, "state store failure");
@@ -118,6 +139,19 @@ struct Inner {
     receipt_key: Arc<KeyPair>,
     /// Bounds the event streams open at once.
     event_streams: Arc<tokio::sync::Semaphore>,
+    metrics: SpokeMetrics,
+    lifecycle: watch::Receiver<Lifecycle>,
+}
+
+/// Where the spoke is in its life, as the service sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lifecycle {
+    Serving,
+    /// Spawns are refused; running agents finish; status, kill and event streams go on.
+    Draining,
+    /// The agents are gone and their records written: event streams send what is left and
+    /// end, telling the hub to reconnect.
+    Stopping,
 }
 
 impl FederationService {
@@ -126,6 +160,8 @@ impl FederationService {
         store: Store,
         supervisor: Arc<Supervisor>,
         wake: Arc<Notify>,
+        metrics: SpokeMetrics,
+        lifecycle: watch::Receiver<Lifecycle>,
     ) -> Self {
         let verifier = Verifier::new(
             config.spoke_id.clone(),
@@ -143,25 +179,61 @@ impl FederationService {
                 supervisor,
                 wake,
                 event_streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
+                metrics,
+                lifecycle,
             }),
         }
     }
 }
 
 impl Inner {
+    /// The calling hub, for the calls that are not signed commands (events, info).
+    fn peer_hub(
+        &self,
+        certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    ) -> Result<mosaic_shared::ids::HubId, Status> {
+        self.verifier
+            .peer_hub(certs.as_deref().map(|c| c.as_slice()))
+            .map_err(|e| {
+                self.metrics
+                    .verification_failures
+                    .get_or_create(&ReasonLabel { reason: e.reason() })
+                    .inc();
+                Refusal::from(e).into_status()
+            })
+    }
+
     async fn execute(
         &self,
         certs: Option<Arc<Vec<CertificateDer<'static>>>>,
         envelope: pb::SignedCommand,
     ) -> Result<Vec<u8>, Refusal> {
-        let hub = self
-            .verifier
-            .peer_hub(certs.as_deref().map(|c| c.as_slice()))?;
         let now = unix_ms();
-        let cmd = self.verifier.verify(&hub, &envelope, now)?;
-        let span =
-            tracing::info_span!("command", id = %cmd.command_id, verb = cmd.action.verb(), %hub);
-        self.run_verified(cmd, now).instrument(span).await
+        let verified = self
+            .verifier
+            .peer_hub(certs.as_deref().map(|c| c.as_slice()))
+            .and_then(|hub| Ok((self.verifier.verify(&hub, &envelope, now)?, hub)));
+        let (cmd, hub) = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics
+                    .verification_failures
+                    .get_or_create(&ReasonLabel { reason: e.reason() })
+                    .inc();
+                return Err(e.into());
+            }
+        };
+        let verb = cmd.action.verb();
+        let span = tracing::info_span!("command", id = %cmd.command_id, verb, %hub);
+        let result = self.run_verified(cmd, now).instrument(span).await;
+        self.metrics.command(
+            verb,
+            match &result {
+                Ok(_) => "ok",
+                Err(r) => r.reason(),
+            },
+        );
+        result
     }
 
     /// The replay defence, then the command; a refused command gives its id back.
@@ -206,6 +278,9 @@ impl Inner {
         let job = pb::receipt::Result::Job;
         match &cmd.action {
             Action::Spawn(req) => {
+                if *self.lifecycle.borrow() != Lifecycle::Serving {
+                    return Err(Refusal::Draining(self.config.spoke_id.to_string()));
+                }
                 // Checked now so that a bad spawn is refused, not queued to fail later.
                 profile::plan(&self.config.profiles, &req.profile, &req.spec)?;
                 let now = unix_ms();
@@ -428,6 +503,7 @@ async fn feed_events(
     spoke: String,
     query: EventsQuery,
     tx: tokio::sync::mpsc::Sender<Result<pb::Event, Status>>,
+    mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
     let unavailable = |e: StoreError| {
         tracing::warn!(error = %e, "event stream read failed");
@@ -452,9 +528,20 @@ async fn feed_events(
             // Inside an entry: read that entry again for its remaining events.
             Some(c) => (Some(c.id), c.sub.is_some()),
         };
-        let entries = tokio::select! {
-            read = reader.read(from, inclusive, EVENTS_POLL) => read,
-            () = tx.closed() => return,
+        // Once the spoke is stopping, everything is written: read without waiting, and end
+        // the stream when caught up.
+        let stopping = *lifecycle.borrow() == Lifecycle::Stopping;
+        let entries = if stopping {
+            tokio::select! {
+                read = reader.read(from, inclusive, Duration::from_millis(1)) => read,
+                () = tx.closed() => return,
+            }
+        } else {
+            tokio::select! {
+                read = reader.read(from, inclusive, EVENTS_POLL) => read,
+                () = tx.closed() => return,
+                _ = lifecycle.wait_for(|l| *l == Lifecycle::Stopping) => continue,
+            }
         };
         // Checked after the read: retention only removes the oldest entries, so if the
         // cursor is still retained now, nothing after it was missing when we read.
@@ -482,6 +569,16 @@ async fn feed_events(
                     Code::FailedPrecondition,
                     &message,
                     "resync_required",
+                )))
+                .await;
+            return;
+        }
+        if stopping && entries.is_empty() {
+            let _ = tx
+                .send(Err(status(
+                    Code::Unavailable,
+                    "the spoke is shutting down; reconnect and resume from your cursor",
+                    "shutting_down",
                 )))
                 .await;
             return;
@@ -521,10 +618,7 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<Self::EventsStream>, Status> {
         let certs = request.peer_certs();
         let inner = &self.inner;
-        let hub = inner
-            .verifier
-            .peer_hub(certs.as_deref().map(|c| c.as_slice()))
-            .map_err(|e| Refusal::from(e).into_status())?;
+        let hub = inner.peer_hub(certs)?;
         let query = EventsQuery::try_from(request.into_inner())?;
         let permit = inner.event_streams.clone().try_acquire_owned().map_err(|_| {
             status(
@@ -537,8 +631,12 @@ impl pb::federation_server::Federation for FederationService {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::store::READ_BATCH);
         let store = inner.store.clone();
         let spoke = inner.config.spoke_id.to_string();
+        let lifecycle = inner.lifecycle.clone();
+        let open = inner.metrics.event_streams.clone();
+        open.inc();
         tokio::spawn(async move {
-            feed_events(store, spoke, query, tx).await;
+            feed_events(store, spoke, query, tx, lifecycle).await;
+            open.dec();
             drop(permit);
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
@@ -575,10 +673,7 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::InfoResponse>, Status> {
         let certs = request.peer_certs();
         let inner = &self.inner;
-        inner
-            .verifier
-            .peer_hub(certs.as_deref().map(|c| c.as_slice()))
-            .map_err(|e| Refusal::from(e).into_status())?;
+        inner.peer_hub(certs)?;
         let queue = inner
             .store
             .queue_counts()
@@ -595,6 +690,7 @@ impl pb::federation_server::Federation for FederationService {
                 .keys()
                 .map(|p| p.to_string())
                 .collect(),
+            draining: *inner.lifecycle.borrow() != Lifecycle::Serving,
         }))
     }
 }

@@ -13,6 +13,7 @@
 //! - [`runner`]: supervised child processes, stop with grace, timeouts, output tail.
 //! - [`output`]: an agent's stdout/stderr into bounded output and structured events.
 //! - [`claude`]: Claude Code `stream-json` lines into events and the run's result.
+//! - [`metrics`]: the Prometheus metrics served on the ops port.
 //! - [`config`]: `spoke.toml` into a typed [`config::SpokeConfig`].
 
 pub mod claude;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod grpc;
 pub mod job;
 pub mod lifecycle;
+pub mod metrics;
 pub mod output;
 pub mod profile;
 pub mod runner;
@@ -33,6 +35,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mosaic_shared::ops::Readiness;
 use mosaic_shared::pb::federation::v1::federation_server::FederationServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
@@ -43,6 +46,8 @@ use crate::config::SpokeConfig;
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// How long open connections may take to finish once shutdown has begun.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// How often readiness and the queue gauges are refreshed.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -54,9 +59,12 @@ pub enum RunError {
     Serve(String),
 }
 
-/// Serves the spoke on `listener` and runs its scheduler until `shutdown` resolves; then stops
-/// starting jobs, ends the attempts it still supervises (SIGTERM, then SIGKILL after each
-/// profile's grace) and returns their jobs to the queue without counting a failure.
+/// Serves the spoke on `listener` and runs its scheduler until `shutdown` resolves; then
+/// drains: spawns are refused (`unavailable`, reason `draining`), nothing new starts, and
+/// running agents may finish until `drain_deadline_ms`. Those still running then are ended
+/// (SIGTERM, then SIGKILL after each profile's grace) and their jobs go back to the queue
+/// without counting a failure. Event streams send what is left and end with
+/// `unavailable` (reason `shutting_down`), and the server stops.
 pub async fn run(
     config: SpokeConfig,
     listener: TcpListener,
@@ -73,6 +81,12 @@ pub async fn run(
         .unwrap_or_default();
     let (recorder, records) = runner::Recorder::channel();
     let supervisor = runner::Supervisor::new(recorder, store.clone());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = metrics::SpokeMetrics::register(
+        &mut registry,
+        store.valkey_errors(),
+        supervisor.attempt_durations(),
+    );
     let scheduler = scheduler::Scheduler::new(
         config.clone(),
         store.clone(),
@@ -91,11 +105,50 @@ pub async fn run(
             .await;
         let _ = phase.send(scheduler::Phase::Exit);
     };
-    let service = grpc::FederationService::new(config.clone(), store, supervisor.clone(), wake);
+    let (lifecycle, lifecycle_rx) = tokio::sync::watch::channel(grpc::Lifecycle::Serving);
+    let service = grpc::FederationService::new(
+        config.clone(),
+        store.clone(),
+        supervisor.clone(),
+        wake,
+        metrics.clone(),
+        lifecycle_rx.clone(),
+    );
+
+    // The ops port: metrics, liveness, readiness (Valkey answers and the spoke is serving).
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops_addr = match config.ops_listen {
+        Some(addr) => {
+            let ops_listener = TcpListener::bind(addr).await.map_err(|e| {
+                RunError::Serve(format!("cannot listen on {addr} (ops_listen): {e}"))
+            })?;
+            let bound = ops_listener.local_addr().ok();
+            let (ready, ready_rx) =
+                tokio::sync::watch::channel(Readiness::NotReady("starting".into()));
+            tokio::spawn(watch_health(
+                store.clone(),
+                metrics.clone(),
+                lifecycle_rx.clone(),
+                ready,
+            ));
+            tokio::spawn(mosaic_shared::ops::serve(
+                ops_listener,
+                Arc::new(registry),
+                ready_rx,
+                "mosaic.federation.v1.Federation",
+                async {
+                    let _ = ops_stopped.await;
+                },
+            ));
+            bound
+        }
+        None => None,
+    };
 
     tracing::info!(
         spoke = %config.spoke_id,
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        ops = %ops_addr.map(|a| a.to_string()).unwrap_or_default(),
         profiles = config.profiles.len(),
         "spoke serving"
     );
@@ -139,13 +192,44 @@ pub async fn run(
         () = shutdown => {}
     }
 
-    // Stop accepting, end the agents, then give open connections a bounded time to drain:
-    // tonic's graceful shutdown otherwise waits for every client to hang up.
-    // Stop starting attempts, then end the running ones: their jobs go back to the queue.
-    tracing::info!("spoke stopping; ending supervised attempts");
-    let _ = stop_serving.send(());
+    // Drain: refuse spawns, start nothing new, let running agents finish until the deadline.
+    // Status, kill and event streams go on meanwhile.
+    let running = supervisor.running_count();
+    tracing::info!(
+        running,
+        deadline_ms = config.drain_deadline.as_millis() as u64,
+        "spoke draining: refusing spawns and letting running agents finish"
+    );
+    let _ = lifecycle.send(grpc::Lifecycle::Draining);
+    metrics.draining.set(1);
+    let _ = phase.send(scheduler::Phase::Drain);
+    let deadline = tokio::time::Instant::now() + config.drain_deadline;
+    while supervisor.running_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = supervisor.running_count();
+    if left > 0 {
+        tracing::info!(
+            left,
+            "drain deadline reached; stopping the agents still running (their jobs go back to the queue)"
+        );
+    } else {
+        tracing::info!("every running agent has finished");
+    }
     stop_agents().await;
     let _ = scheduler.await;
+
+    // Everything is written: event streams send what is left and end; then stop serving,
+    // giving open connections a bounded time (tonic's graceful shutdown otherwise waits for
+    // every client to hang up).
+    let _ = lifecycle.send(grpc::Lifecycle::Stopping);
+    let streams_end = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    while metrics.event_streams.get() > 0 && tokio::time::Instant::now() < streams_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop_serving.send(());
+    let _ = ops_stop.send(());
+    tracing::info!("spoke stopping");
     match tokio::time::timeout(SHUTDOWN_DRAIN, &mut server).await {
         Ok(Ok(result)) => result.map_err(serve_error),
         Ok(Err(e)) => Err(RunError::Serve(e.to_string())),
@@ -153,6 +237,53 @@ pub async fn run(
             tracing::info!(drain = ?SHUTDOWN_DRAIN, "connections still open after drain; closing them");
             server.abort();
             Ok(())
+        }
+    }
+}
+
+/// Every [`HEALTH_EVERY`] (and at once when the lifecycle moves): reads the queue's counts
+/// into the gauges, and sets readiness: ready while serving and Valkey answers.
+async fn watch_health(
+    store: store::Store,
+    metrics: metrics::SpokeMetrics,
+    mut lifecycle: tokio::sync::watch::Receiver<grpc::Lifecycle>,
+    ready: tokio::sync::watch::Sender<Readiness>,
+) {
+    loop {
+        let counts = tokio::time::timeout(HEALTH_EVERY, store.queue_counts()).await;
+        let valkey = match counts {
+            Ok(Ok(c)) => {
+                for (state, n) in [
+                    ("pending", c.pending),
+                    ("delayed", c.delayed),
+                    ("active", c.active),
+                    ("completed", c.completed),
+                    ("failed", c.failed),
+                    ("cancelled", c.cancelled),
+                ] {
+                    metrics
+                        .queue_jobs
+                        .get_or_create(&metrics::StateLabel { state })
+                        .set(n as i64);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("Valkey does not answer: {e}")),
+            Err(_) => Err(format!("Valkey did not answer within {HEALTH_EVERY:?}")),
+        };
+        let now = match (*lifecycle.borrow_and_update(), valkey) {
+            (grpc::Lifecycle::Serving, Ok(())) => Readiness::Ready,
+            (grpc::Lifecycle::Serving, Err(e)) => Readiness::NotReady(e),
+            (_, _) => Readiness::NotReady("draining before it stops".into()),
+        };
+        ready.send_if_modified(|r| {
+            let changed = *r != now;
+            *r = now;
+            changed
+        });
+        tokio::select! {
+            () = tokio::time::sleep(HEALTH_EVERY) => {}
+            changed = lifecycle.changed() => if changed.is_err() { return },
         }
     }
 }

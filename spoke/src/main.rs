@@ -50,11 +50,23 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves at the first SIGINT or SIGTERM, which starts the drain. A second one exits at
+/// once: agents still running are left to the next start's recovery (their leases run out,
+/// their processes are made sure dead, and their jobs are retried).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("cannot install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot install SIGINT handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second stop signal: exiting without finishing the drain");
+        std::process::exit(130);
+    });
 }

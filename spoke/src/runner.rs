@@ -114,6 +114,8 @@ pub struct Supervisor {
     /// Held only to insert, look up or remove a handle; never across an await. An attempt is
     /// here, holding a slot, from launch until its end is written.
     running: Mutex<HashMap<AgentId, Handle>>,
+    /// `mosaic_spoke_attempt_duration_seconds`.
+    durations: crate::metrics::AttemptDurations,
 }
 
 impl Supervisor {
@@ -122,7 +124,13 @@ impl Supervisor {
             recorder,
             store,
             running: Mutex::new(HashMap::new()),
+            durations: crate::metrics::attempt_durations(),
         })
+    }
+
+    /// The attempt-duration histograms this supervisor fills (for the metrics registry).
+    pub fn attempt_durations(&self) -> crate::metrics::AttemptDurations {
+        self.durations.clone()
     }
 
     /// Starts supervising a dispatched attempt (recorded in `spawning`). `plan` is `Err` when
@@ -144,11 +152,19 @@ impl Supervisor {
             );
         let recorder = self.recorder.clone();
         let store = self.store.clone();
+        let durations = self.durations.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let ended = match plan {
                 Ok(plan) => run(&plan, &d, &recorder, &store, stop_rx).await,
                 Err(error) => Ended::failed(error),
             };
+            durations
+                .get_or_create(&crate::metrics::AttemptLabels {
+                    profile: d.profile.to_string(),
+                    outcome: ended.outcome.as_str(),
+                })
+                .observe(started.elapsed().as_secs_f64());
             record_end(&recorder, &d, ended).await;
         });
     }

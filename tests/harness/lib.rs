@@ -96,6 +96,9 @@ pub struct FederationBuilder {
     proxied: Vec<String>,
     /// Each spoke's labels in hub.toml, as a TOML inline table.
     labels: BTreeMap<String, String>,
+    /// Top-level `key = value` settings of spoke.toml (defaults: an ops port on a free port,
+    /// and no drain, so that stopping a test spoke ends its agents at once).
+    spoke_settings: BTreeMap<String, String>,
 }
 
 impl FederationBuilder {
@@ -136,6 +139,12 @@ impl FederationBuilder {
 
     pub fn profile(mut self, name: &str, spec: ProfileSpec) -> Self {
         self.profiles.insert(name.to_owned(), spec);
+        self
+    }
+
+    /// Sets a top-level `key = value` (TOML) of spoke.toml, e.g. `drain_deadline_ms`.
+    pub fn spoke_setting(mut self, key: &str, value: &str) -> Self {
+        self.spoke_settings.insert(key.to_owned(), value.to_owned());
         self
     }
 
@@ -193,7 +202,14 @@ impl FederationBuilder {
             let config = root.join(format!("{id}.toml"));
             std::fs::write(
                 &config,
-                spoke_toml(id, &root, &valkey.url(), &self.profiles, &self.queue),
+                spoke_toml(
+                    id,
+                    &root,
+                    &valkey.url(),
+                    &self.profiles,
+                    &self.queue,
+                    &self.spoke_settings,
+                ),
             )?;
             let process =
                 SpokeProcess::start("mosaic-spoke", &["serve", "--config"], &config, id, &root)?;
@@ -348,6 +364,7 @@ impl Federation {
             hub_events: Vec::new(),
             proxied: Vec::new(),
             labels: BTreeMap::new(),
+            spoke_settings: BTreeMap::new(),
         }
     }
 
@@ -478,6 +495,37 @@ impl Federation {
         }
     }
 
+    /// Sends `signal` to the spoke process without waiting for it.
+    pub fn signal_spoke(&self, id: &str, signal: nix::sys::signal::Signal) {
+        let p = &self.spokes[id];
+        let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+
+    /// Waits up to `within` for the spoke process to exit; its exit status, if it did.
+    pub async fn wait_spoke_exit(
+        &mut self,
+        id: &str,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let p = self.spokes.get_mut(id)?;
+        loop {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The spoke's ops port (metrics, health), as it logged it.
+    pub fn spoke_ops_addr(&self, id: &str) -> SocketAddr {
+        self.spokes[id].ops.expect("the spoke has an ops port")
+    }
+
     /// Stops Valkey now.
     pub async fn stop_valkey(&mut self) {
         if let Some(v) = self.valkey.take() {
@@ -502,10 +550,14 @@ impl Federation {
         let path = root.join(format!("{id}.toml"));
         if let Some(addr) = self.spokes.get(id).and_then(|p| p.addr) {
             let text = std::fs::read_to_string(&path)?;
-            std::fs::write(
-                &path,
-                text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
-            )?;
+            let text: String = text
+                .lines()
+                .map(|l| match l {
+                    "listen = \"127.0.0.1:0\"" => format!("listen = \"{addr}\"\n"),
+                    l => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&path, text)?;
         }
         let mut process =
             SpokeProcess::start("mosaic-spoke", &["serve", "--config"], &path, id, &root)?;
@@ -898,6 +950,8 @@ struct SpokeProcess {
     child: Child,
     log: PathBuf,
     addr: Option<SocketAddr>,
+    /// The ops port, if it logged one.
+    ops: Option<SocketAddr>,
 }
 
 impl SpokeProcess {
@@ -938,6 +992,7 @@ impl SpokeProcess {
             child,
             log,
             addr: None,
+            ops: None,
         })
     }
 
@@ -954,6 +1009,7 @@ impl SpokeProcess {
                 if message == "spoke serving" || message == "hub serving the admin API" {
                     let addr = v["fields"]["addr"].as_str().unwrap_or_default();
                     self.addr = Some(addr.parse().with_context(|| format!("addr {addr:?}"))?);
+                    self.ops = v["fields"]["ops"].as_str().and_then(|a| a.parse().ok());
                     return Ok(());
                 }
             }
@@ -1007,12 +1063,20 @@ fn spoke_toml(
     valkey_url: &str,
     profiles: &BTreeMap<String, ProfileSpec>,
     queue: &[String],
+    settings: &BTreeMap<String, String>,
 ) -> String {
     let path = |p: PathBuf| q(&p.display().to_string());
     let pki = root.join("pki");
+    let mut top: BTreeMap<String, String> = [
+        ("ops_listen".to_string(), q("127.0.0.1:0")),
+        ("drain_deadline_ms".to_string(), "0".to_string()),
+    ]
+    .into();
+    top.extend(settings.clone());
+    let top: String = top.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
     let mut s = format!(
         "spoke_id = {id}\ntrust_domain = {td}\nlisten = \"127.0.0.1:0\"\nvalkey_url = {valkey}\n\
-         receipt_key = {rk}\nclock_skew_ms = 5000\nmax_command_validity_ms = 600000\n\n\
+         receipt_key = {rk}\nclock_skew_ms = 5000\nmax_command_validity_ms = 600000\n{top}\n\
          [tls]\ncert = {cert}\nkey = {key}\nca = {ca}\n\n\
          [[trusted_hubs]]\nhub_id = {hub}\nkeys = [{hub_key}]\n\n\
          [[trusted_hubs]]\nhub_id = {other}\nkeys = [{other_key}]\n",

@@ -6,6 +6,7 @@ mod agents;
 mod cli;
 mod events;
 mod hostile;
+mod ops;
 mod output;
 mod queue;
 mod scheduler;

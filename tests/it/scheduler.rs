@@ -11,14 +11,14 @@ use mosaic_tests::*;
 
 /// A shell line that records the agent's start and end (nanoseconds) and its name in `ledger`
 /// (in the profile's working-directory root), sleeping `secs` in between.
-fn witness(name: &str, secs: f64) -> String {
+pub(crate) fn witness(name: &str, secs: f64) -> String {
     format!(
         "echo \"start {name} $(date +%s%N)\" >> ledger; sleep {secs}; echo \"end {name} $(date +%s%N)\" >> ledger"
     )
 }
 
 /// Parses a ledger into (name, start ns, end ns) per finished run.
-fn ledger(path: &Path) -> Vec<(String, u128, u128)> {
+pub(crate) fn ledger(path: &Path) -> Vec<(String, u128, u128)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut open: BTreeMap<String, u128> = BTreeMap::new();
     let mut runs = Vec::new();
@@ -43,7 +43,7 @@ fn ledger(path: &Path) -> Vec<(String, u128, u128)> {
 }
 
 /// The most runs that overlapped at any moment.
-fn max_overlap(runs: &[(String, u128, u128)]) -> usize {
+pub(crate) fn max_overlap(runs: &[(String, u128, u128)]) -> usize {
     let mut edges: Vec<(u128, i32)> = runs
         .iter()
         .flat_map(|(_, s, e)| [(*s, 1), (*e, -1)])

@@ -213,13 +213,21 @@ impl Store {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Store {
-            con: retry::Retrying(con),
+            con: retry::Retrying {
+                con,
+                errors: Default::default(),
+            },
             client,
             keys: Keys::new(spoke),
             release_command: Arc::new(Script::new(RELEASE_COMMAND)),
             queue: Arc::new(queue::QueueScripts::new()),
             events_scripts: Arc::new(events::EventScripts::new(queue::PRELUDE)),
         })
+    }
+
+    /// Counts every failed Valkey call of this store and its clones (for the metrics).
+    pub fn valkey_errors(&self) -> prometheus_client::metrics::counter::Counter {
+        self.con.errors.clone()
     }
 
     /// Atomically claims `id` for execution (`SET NX GET`), or reports what happened to it.

@@ -444,7 +444,7 @@ impl Outcome {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
             Outcome::Failed => "failed",

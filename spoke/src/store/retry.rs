@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
@@ -16,7 +17,11 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 const DELAYS_MS: [u64; 6] = [50, 100, 200, 400, 800, 1600];
 
 #[derive(Clone)]
-pub(super) struct Retrying(pub(super) ConnectionManager);
+pub(super) struct Retrying {
+    pub(super) con: ConnectionManager,
+    /// Every failed call, retried or not (`mosaic_spoke_valkey_errors_total`).
+    pub(super) errors: Counter,
+}
 
 /// Whether a failure says nothing about the command itself and a new try may succeed.
 fn transient(e: &RedisError) -> bool {
@@ -32,11 +37,21 @@ fn transient(e: &RedisError) -> bool {
         )
 }
 
+impl Retrying {
+    fn count<T>(&self, r: Result<T, RedisError>) -> Result<T, RedisError> {
+        if r.is_err() {
+            self.errors.inc();
+        }
+        r
+    }
+}
+
 impl ConnectionLike for Retrying {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             for delay in DELAYS_MS {
-                match self.0.req_packed_command(cmd).await {
+                let r = self.con.req_packed_command(cmd).await;
+                match self.count(r) {
                     Err(e) if transient(&e) => {
                         tracing::debug!(error = %e, delay_ms = delay, "valkey command failed; retrying");
                         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -44,7 +59,8 @@ impl ConnectionLike for Retrying {
                     other => return other,
                 }
             }
-            self.0.req_packed_command(cmd).await
+            let last = self.con.req_packed_command(cmd).await;
+            self.count(last)
         })
     }
 
@@ -56,7 +72,8 @@ impl ConnectionLike for Retrying {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             for delay in DELAYS_MS {
-                match self.0.req_packed_commands(pipeline, offset, count).await {
+                let r = self.con.req_packed_commands(pipeline, offset, count).await;
+                match self.count(r) {
                     Err(e) if transient(&e) => {
                         tracing::debug!(error = %e, delay_ms = delay, "valkey pipeline failed; retrying");
                         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -64,11 +81,12 @@ impl ConnectionLike for Retrying {
                     other => return other,
                 }
             }
-            self.0.req_packed_commands(pipeline, offset, count).await
+            let last = self.con.req_packed_commands(pipeline, offset, count).await;
+            self.count(last)
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.0.get_db()
+        self.con.get_db()
     }
 }
