@@ -146,6 +146,8 @@ impl AdminService {
                     "the token of this watch was revoked or changed",
                     "unauthenticated",
                 )),
+                // The caller hung up: end now, not at the next event in its scope.
+                () = tx.closed() => None,
             };
             if let Some(s) = end {
                 let _ = tx.send(Err(s)).await;

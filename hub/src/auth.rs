@@ -1236,7 +1236,7 @@ fn warn_about(path: &Path, set: &TokenSet) {
 }
 
 /// Reloads `store` on SIGHUP and whenever its file changes, logging each outcome. Runs until
-/// its task is dropped; start it (`tokio::spawn(watch_for_changes(store, POLL_INTERVAL))`)
+/// its task is dropped; start it (`tokio::spawn(watch_for_changes(store, POLL_INTERVAL, m))`)
 /// before the hub announces readiness, since until the SIGHUP handler is installed a SIGHUP
 /// would kill the process.
 ///
@@ -1244,8 +1244,13 @@ fn warn_about(path: &Path, set: &TokenSet) {
 /// using inotify: no extra crate, works on every platform and file system (including network
 /// and overlay mounts where inotify is silent), and also sees Kubernetes-style symlink swaps
 /// that an inotify watch on the old file misses. One `stat` per second costs nothing.
-pub async fn watch_for_changes(store: Arc<TokenStore>, poll_every: Duration) {
+pub async fn watch_for_changes(
+    store: Arc<TokenStore>,
+    poll_every: Duration,
+    metrics: mosaic_shared::ops::CommonMetrics,
+) {
     let mut hangups = Hangups::install();
+    metrics.reloaded("tokens", true);
     let mut ticks = tokio::time::interval(poll_every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1259,7 +1264,9 @@ pub async fn watch_for_changes(store: Arc<TokenStore>, poll_every: Duration) {
             () = hangups.next() => "SIGHUP",
         };
         let path = store.path().display();
-        match store.reload() {
+        let outcome = store.reload();
+        metrics.reloaded("tokens", outcome.is_ok());
+        match outcome {
             Ok(ReloadOutcome::Unchanged) => {
                 tracing::debug!(%path, cause, "tokens file reread; tokens unchanged");
             }
@@ -2089,6 +2096,7 @@ mod tests {
         let watcher = tokio::spawn(watch_for_changes(
             Arc::clone(&store),
             Duration::from_millis(20),
+            Default::default(),
         ));
 
         // An in-place edit of the same length: only the mtime tells. Sleep first so the new
@@ -2136,6 +2144,7 @@ mod tests {
         let watcher = tokio::spawn(watch_for_changes(
             Arc::clone(&store),
             Duration::from_secs(3600),
+            Default::default(),
         ));
         // Let the watcher run up to its first wait, which installs the SIGHUP handler (without
         // it, SIGHUP would end the test process).

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditStore, Outcome, Placement};
 use crate::config::{HubConfig, SpokeEntry};
+use crate::metrics::{CommandLabels, HubMetrics, VerbLabel};
 use crate::placement::{self, Candidate, Labels, NoSpoke};
 use crate::spokes::{self, Receipt, SpokeClient, SpokeError};
 use crate::store::StoreError;
@@ -74,6 +75,23 @@ pub enum CommandError {
     NoSuitable(Vec<(SpokeId, String)>),
 }
 
+impl CommandError {
+    /// The metrics' outcome label: the spoke's reason code for a refusal, else the kind.
+    fn outcome(&self) -> String {
+        match self {
+            CommandError::Spoke(SpokeError::Refused { reason, code, .. }) => reason
+                .clone()
+                .unwrap_or_else(|| format!("{code:?}").to_lowercase()),
+            CommandError::Spoke(SpokeError::Connect(_)) => "unreachable".into(),
+            CommandError::Spoke(SpokeError::BadReceipt { .. }) => "bad_receipt".into(),
+            CommandError::Spoke(SpokeError::Unknown(..)) => "unknown_spoke".into(),
+            CommandError::Store(_) => "store_unavailable".into(),
+            CommandError::RequestReused(_) => "request_reused".into(),
+            CommandError::NoMatch(_) | CommandError::NoSuitable(_) => "no_spoke".into(),
+        }
+    }
+}
+
 /// SHA-256 (hex) of a request's bytes.
 pub fn fingerprint(request: &[u8]) -> String {
     hex::encode(Sha256::digest(request))
@@ -89,15 +107,17 @@ pub struct InfoAnswer {
 pub struct Commander {
     config: Arc<HubConfig>,
     audit: AuditStore,
+    metrics: HubMetrics,
     /// One channel per spoke, kept while it works (tonic reconnects it).
     clients: Mutex<HashMap<SpokeId, SpokeClient>>,
 }
 
 impl Commander {
-    pub fn new(config: Arc<HubConfig>, audit: AuditStore) -> Self {
+    pub fn new(config: Arc<HubConfig>, audit: AuditStore, metrics: HubMetrics) -> Self {
         Commander {
             config,
             audit,
+            metrics,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -206,7 +226,33 @@ impl Commander {
     }
 
     /// Sends `action` for `asker` to `target`; see the module's documentation for the order.
+    /// Counted and timed in the metrics by verb and outcome.
     pub async fn execute(
+        &self,
+        asker: Asker<'_>,
+        target: Target,
+        action: pb::command::Action,
+    ) -> Result<Done, CommandError> {
+        let verb = verb(&action);
+        let started = Instant::now();
+        let done = self.execute_inner(asker, target, action).await;
+        let outcome = match &done {
+            Ok(d) if d.replayed => "replayed".to_owned(),
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.outcome(),
+        };
+        self.metrics
+            .commands
+            .get_or_create(&CommandLabels { verb, outcome })
+            .inc();
+        self.metrics
+            .command_duration
+            .get_or_create(&VerbLabel { verb })
+            .observe(started.elapsed().as_secs_f64());
+        done
+    }
+
+    async fn execute_inner(
         &self,
         asker: Asker<'_>,
         target: Target,

@@ -31,6 +31,8 @@ struct Raw {
     listen: Option<SocketAddr>,
     /// Where `serve` answers the admin API over HTTP (TLS); none: no HTTP.
     http_listen: Option<SocketAddr>,
+    /// Where `serve` answers metrics and health probes (plaintext); none: not served.
+    ops_listen: Option<SocketAddr>,
     /// The hub's own Valkey (event log, upstream cursors, job snapshots).
     valkey_url: Option<String>,
     /// The admin API's tokens file (see `auth`).
@@ -99,6 +101,8 @@ pub struct EventsConfig {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub http_listen: Option<SocketAddr>,
+    /// The plaintext operations port (metrics, health); none: not served.
+    pub ops_listen: Option<SocketAddr>,
     pub valkey_url: String,
     pub tokens: PathBuf,
 }
@@ -203,6 +207,7 @@ impl HubConfig {
             (Some(listen), Some(valkey_url), Some(tokens)) => Ok(ServeConfig {
                 listen,
                 http_listen: raw.http_listen,
+                ops_listen: raw.ops_listen,
                 valkey_url,
                 tokens: config::resolve(base, &tokens),
             }),

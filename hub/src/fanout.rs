@@ -28,6 +28,8 @@ const CATCH_UP_TRIES: usize = 3;
 pub struct Fanout {
     tx: broadcast::Sender<Arc<LogItem>>,
     store: HubStore,
+    /// Open watches (`mosaic_hub_subscribers`).
+    subscribers: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// What a watcher wants to see.
@@ -117,9 +119,17 @@ pub enum WatchEnd {
 }
 
 impl Fanout {
-    pub fn new(store: HubStore, buffer: usize) -> Arc<Self> {
+    pub fn new(
+        store: HubStore,
+        buffer: usize,
+        subscribers: prometheus_client::metrics::gauge::Gauge,
+    ) -> Arc<Self> {
         let (tx, _) = broadcast::channel(buffer);
-        Arc::new(Fanout { tx, store })
+        Arc::new(Fanout {
+            tx,
+            store,
+            subscribers,
+        })
     }
 
     /// Tails the log and broadcasts what is appended, until `shutdown` turns true.
@@ -166,8 +176,21 @@ impl Fanout {
         start: Start,
         out: &mpsc::Sender<admin::WatchResponse>,
     ) -> WatchEnd {
-        match self.watch_inner(scope, start, out).await {
-            Ok(end) | Err(end) => end,
+        // Counted while this future lives, also when the caller drops it.
+        struct Open<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.subscribers.inc();
+        let _open = Open(&self.subscribers);
+        // A watcher that hangs up is noticed at once, not at the next event in its scope.
+        tokio::select! {
+            ended = self.watch_inner(scope, start, out) => match ended {
+                Ok(end) | Err(end) => end,
+            },
+            () = out.closed() => WatchEnd::Left,
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`upstream`]: one task per spoke following its events into the hub's log; spoke health.
 //! - [`fanout`]: the hub's log to watchers, with bounded buffers and resumable cursors.
 //! - [`store`]: the hub's Valkey: the event log, upstream cursors, job snapshots.
+//! - [`metrics`]: the Prometheus metrics served on the ops port, and the admin request counters.
 //! - [`auth`]: admin API bearer tokens (by hash), roles, workspace scopes, reload.
 //! - [`render`]: `watch` output: scrolling lines and live progress bars, or JSON lines.
 //! - [`cli`]: the `mosaic-hub` verbs, their output and exit codes.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod dev;
 pub mod fanout;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod placement;
 pub mod render;

@@ -21,8 +21,10 @@ use crate::auth::TokenStore;
 use crate::commander::Commander;
 use crate::config::HubConfig;
 use crate::fanout::Fanout;
+use crate::metrics::{GrpcRequests, HubMetrics};
 use crate::store::HubStore;
 use crate::upstream::{self, Health};
+use mosaic_shared::ops::Readiness;
 
 /// How often retention runs.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
@@ -55,14 +57,17 @@ pub async fn run(
         Ok(s) => s.clone(),
         Err(e) => return Err(ServeError::NotConfigured(e.to_string())),
     };
+    let health = Health::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = HubMetrics::register(&mut registry, &health.metrics);
     let tokens = Arc::new(TokenStore::load(&serve.tokens)?);
     tokio::spawn(crate::auth::watch_for_changes(
         tokens.clone(),
         crate::auth::POLL_INTERVAL,
+        metrics.common.clone(),
     ));
     let store = HubStore::connect(&serve.valkey_url, &config.hub_id).await?;
     let (stop, stopping) = watch::channel(false);
-    let health = Health::default();
     let mut tasks = tokio::task::JoinSet::new();
     for spoke in &config.spokes {
         tasks.spawn(upstream::follow(
@@ -74,7 +79,11 @@ pub async fn run(
             stopping.clone(),
         ));
     }
-    let fanout = Fanout::new(store.clone(), config.events.subscriber_buffer);
+    let fanout = Fanout::new(
+        store.clone(),
+        config.events.subscriber_buffer,
+        metrics.subscribers.clone(),
+    );
     tasks.spawn(fanout.clone().tail(stopping.clone()));
     let audit = AuditStore::new(&store);
     tasks.spawn(maintain(
@@ -86,7 +95,7 @@ pub async fn run(
     ));
 
     let config = Arc::new(config);
-    let commander = Arc::new(Commander::new(config.clone(), audit));
+    let commander = Arc::new(Commander::new(config.clone(), audit, metrics.clone()));
     let service = Arc::new(AdminService::new(
         tokens,
         fanout.clone(),
@@ -115,15 +124,48 @@ pub async fn run(
         tasks.spawn(crate::http::serve(
             listener,
             tls,
-            crate::http::router(service.clone()),
+            crate::http::router(service.clone()).layer(axum::middleware::from_fn_with_state(
+                metrics.admin_requests.clone(),
+                crate::metrics::count_http,
+            )),
             async move {
                 let _ = stopping.wait_for(|s| *s).await;
             },
         ));
     }
+    // The ops port: metrics, liveness, readiness (the hub's Valkey answers, not stopping).
+    let ops_addr = match serve.ops_listen {
+        Some(addr) => {
+            let ops = TcpListener::bind(addr).await.map_err(|e| {
+                ServeError::Serve(format!("cannot listen on {addr} (ops_listen): {e}"))
+            })?;
+            let bound = ops.local_addr().ok();
+            let (ready, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
+            tasks.spawn(watch_health(store.clone(), stopping.clone(), ready));
+            let mut ops_stopping = stopping.clone();
+            tasks.spawn(async move {
+                let served = mosaic_shared::ops::serve(
+                    ops,
+                    Arc::new(registry),
+                    ready_rx,
+                    "mosaic.admin.v1.Admin",
+                    async move {
+                        let _ = ops_stopping.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "the ops port failed");
+                }
+            });
+            bound
+        }
+        None => None,
+    };
     tracing::info!(
         hub = %config.hub_id,
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        ops = %ops_addr.map(|a| a.to_string()).unwrap_or_default(),
         spokes = config.spokes.len(),
         "hub serving the admin API"
     );
@@ -145,6 +187,7 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .tls_config(config.tls.server_config_optional_client_auth())
         .map_err(|e| ServeError::Tls(e.to_string()))?
+        .layer(GrpcRequests::layer(metrics.admin_requests.clone()))
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -164,6 +207,42 @@ pub async fn run(
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// How often readiness is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Ready while the hub's Valkey answers and the hub is not stopping.
+async fn watch_health(
+    store: HubStore,
+    mut stopping: watch::Receiver<bool>,
+    ready: watch::Sender<Readiness>,
+) {
+    loop {
+        let now = if *stopping.borrow() {
+            Readiness::NotReady("stopping".into())
+        } else {
+            match tokio::time::timeout(HEALTH_EVERY, store.ping()).await {
+                Ok(Ok(())) => Readiness::Ready,
+                Ok(Err(e)) => Readiness::NotReady(format!("the hub's Valkey does not answer: {e}")),
+                Err(_) => Readiness::NotReady(format!(
+                    "the hub's Valkey did not answer within {HEALTH_EVERY:?}"
+                )),
+            }
+        };
+        ready.send_if_modified(|r| {
+            let changed = *r != now;
+            *r = now;
+            changed
+        });
+        tokio::select! {
+            () = tokio::time::sleep(HEALTH_EVERY) => {}
+            _ = stopping.wait_for(|s| *s) => {
+                ready.send_replace(Readiness::NotReady("stopping".into()));
+                return;
+            }
+        }
+    }
 }
 
 async fn maintain(

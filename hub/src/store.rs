@@ -28,9 +28,21 @@ pub enum StoreError {
     #[error("the hub's valkey at {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("valkey: {0}")]
-    Valkey(#[from] redis::RedisError),
+    Valkey(redis::RedisError),
     #[error("record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+/// Every failed call to the hub's Valkey (`mosaic_hub_valkey_errors_total`): counted where a
+/// Valkey error becomes a [`StoreError`], which every store call goes through.
+pub static VALKEY_ERRORS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        VALKEY_ERRORS.inc();
+        StoreError::Valkey(e)
+    }
 }
 
 const APPEND: &str = r"
@@ -163,6 +175,13 @@ impl HubStore {
     pub fn audit_keys(&self) -> [String; 4] {
         ["audit", "audit:records", "placed", "placed:by-command"]
             .map(|k| format!("{}{k}", self.prefix))
+    }
+
+    /// Whether the hub's Valkey answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _: String = redis::cmd("PING").query_async(&mut con).await?;
+        Ok(())
     }
 
     /// A handle on the hub's Valkey connection (multiplexed; cloning is cheap).

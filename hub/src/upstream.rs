@@ -45,11 +45,15 @@ pub struct SpokeHealth {
 
 /// Health of every spoke's upstream, shared with the admin API.
 #[derive(Clone, Default)]
-pub struct Health(Arc<RwLock<BTreeMap<SpokeId, SpokeHealth>>>);
+pub struct Health {
+    spokes: Arc<RwLock<BTreeMap<SpokeId, SpokeHealth>>>,
+    /// The same, for the metrics (`mosaic_hub_upstream_*`).
+    pub metrics: crate::metrics::UpstreamMetrics,
+}
 
 impl Health {
     pub fn get(&self, spoke: &SpokeId) -> SpokeHealth {
-        self.0
+        self.spokes
             .read()
             .expect("health lock poisoned")
             .get(spoke)
@@ -59,8 +63,23 @@ impl Health {
 
     fn update(&self, spoke: &SpokeId, f: impl FnOnce(&mut SpokeHealth)) {
         // Held only to change one entry; never across an await.
-        let mut map = self.0.write().expect("health lock poisoned");
-        f(map.entry(spoke.clone()).or_default());
+        let mut map = self.spokes.write().expect("health lock poisoned");
+        let h = map.entry(spoke.clone()).or_default();
+        let events_before = h.events;
+        f(h);
+        let label = crate::metrics::SpokeLabel {
+            spoke: spoke.to_string(),
+        };
+        let m = &self.metrics;
+        m.connected
+            .get_or_create(&label)
+            .set(i64::from(h.connected));
+        m.lag_seconds
+            .get_or_create(&label)
+            .set(h.lag_ms as f64 / 1000.0);
+        m.events
+            .get_or_create(&label)
+            .inc_by(h.events.saturating_sub(events_before));
     }
 }
 

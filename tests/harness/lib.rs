@@ -601,6 +601,14 @@ impl Federation {
             .expect("hub server running")
     }
 
+    /// The hub server's ops port (metrics, health), from its `hub serving the admin API` line.
+    pub fn hub_ops_addr(&self) -> SocketAddr {
+        self.hub_process
+            .as_ref()
+            .and_then(|p| p.ops)
+            .expect("hub server running with an ops port")
+    }
+
     /// The hub server's HTTP address (from its `hub serving HTTP` log line).
     pub fn hub_http_addr(&self) -> SocketAddr {
         self.hub_log()
@@ -1136,7 +1144,7 @@ fn hub_toml(
     );
     if let Some(server) = server {
         s = format!(
-            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nvalkey_url = {}\n\
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\nvalkey_url = {}\n\
              tokens = \"tokens.toml\"\n{s}",
             q(&server.valkey_url)
         );

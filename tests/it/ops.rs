@@ -348,3 +348,145 @@ async fn a_rolling_restart_under_load_drains_and_loses_no_job() {
         "the long job never finished a run"
     );
 }
+
+#[tokio::test]
+async fn the_hub_counts_commands_requests_upstreams_watchers_and_token_reloads() {
+    use mosaic_shared::pb::admin::v1 as admin;
+    let fed = Federation::builder()
+        .spoke("a")
+        .hub_server()
+        .start()
+        .await
+        .unwrap();
+    let ops = fed.hub_ops_addr();
+    wait_http(ops, "/readyz", Duration::from_secs(10), |c, _| c == 200).await;
+    assert_eq!(grpc_health(ops, "mosaic.admin.v1.Admin").await, SERVING);
+
+    let mut c = fed.admin().await.unwrap();
+    let spawn = admin::SpawnRequest {
+        spoke_id: "a".into(),
+        spawn: Some(pb::Spawn {
+            profile: "echo".into(),
+            workspace: "ws-test".into(),
+            args: vec!["hi".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let job = c
+        .spawn(authed(&fed.token("operator"), spawn))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .job_id;
+    // A viewer may not spawn: counted with its code.
+    let refused = c
+        .spawn(authed(
+            &fed.token("viewer"),
+            admin::SpawnRequest {
+                spoke_id: "a".into(),
+                spawn: Some(pb::Spawn {
+                    profile: "echo".into(),
+                    workspace: "ws-test".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let (code, _, _) = fed
+        .hub_http_get(
+            &format!("/v1/jobs/{job}"),
+            &[(
+                "authorization",
+                &format!("Bearer {}", fed.token("operator")),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    // A watch open now is counted while it lasts.
+    let mut watch = c
+        .watch(authed(
+            &fed.token("operator"),
+            admin::WatchRequest {
+                scope: Some(admin::watch_request::Scope::JobId(job.clone())),
+                start: Some(admin::watch_request::Start::FromOldest(true)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+
+    let (_, m) = wait_http(ops, "/metrics", Duration::from_secs(10), |_, b| {
+        sample(b, "mosaic_hub_upstream_events_total{spoke=\"a\"}").is_some_and(|n| n >= 1.0)
+            && sample(b, "mosaic_hub_subscribers") == Some(1.0)
+    })
+    .await;
+    for (series, want) in [
+        (
+            "mosaic_hub_commands_total{verb=\"spawn\",outcome=\"ok\"}",
+            1.0,
+        ),
+        (
+            "mosaic_hub_admin_requests_total{transport=\"grpc\",operation=\"Spawn\",code=\"Ok\"}",
+            1.0,
+        ),
+        (
+            "mosaic_hub_admin_requests_total{transport=\"grpc\",operation=\"Spawn\",code=\"PermissionDenied\"}",
+            1.0,
+        ),
+        (
+            "mosaic_hub_admin_requests_total{transport=\"http\",operation=\"GET /v1/jobs/{id}\",code=\"200\"}",
+            1.0,
+        ),
+        (
+            "mosaic_hub_command_duration_seconds_count{verb=\"spawn\"}",
+            1.0,
+        ),
+        ("mosaic_hub_upstream_connected{spoke=\"a\"}", 1.0),
+        ("mosaic_reload_ok{what=\"tokens\"}", 1.0),
+    ] {
+        assert_eq!(sample(&m, series), Some(want), "{series} in:\n{m}");
+    }
+    drop(watch);
+    wait_http(ops, "/metrics", Duration::from_secs(10), |_, b| {
+        sample(b, "mosaic_hub_subscribers") == Some(0.0)
+    })
+    .await;
+
+    // A broken tokens file is refused, counted, and the previous tokens stay in force.
+    let tokens = fed.dir().join("tokens.toml");
+    let good = std::fs::read_to_string(&tokens).unwrap();
+    std::fs::write(&tokens, "this is = not [ toml").unwrap();
+    let (_, m) = wait_http(ops, "/metrics", Duration::from_secs(10), |_, b| {
+        sample(b, "mosaic_reload_ok{what=\"tokens\"}") == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        sample(&m, "mosaic_reload_failures_total{what=\"tokens\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    let still = c
+        .get_status(authed(
+            &fed.token("operator"),
+            admin::GetStatusRequest {
+                id: job.clone(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert!(still.is_ok(), "{still:?}");
+    std::fs::write(&tokens, good + "\n").unwrap();
+    wait_http(ops, "/metrics", Duration::from_secs(10), |_, b| {
+        sample(b, "mosaic_reload_ok{what=\"tokens\"}") == Some(1.0)
+    })
+    .await;
+}
