@@ -24,7 +24,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use mosaic_shared::reload::{Fingerprint, Hangups, fingerprint};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -1053,31 +1055,6 @@ pub enum ReloadOutcome {
     },
 }
 
-/// What the poller compares to notice that the tokens file changed. The length catches most
-/// edits even on file systems with coarse timestamps, and the inode catches editors and
-/// Kubernetes ConfigMaps that replace the file (or a symlink) instead of writing in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-/// `None` when the file cannot be examined (missing, unreadable directory).
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    // `metadata` follows symlinks, so a swapped symlink target shows up as a new inode.
-    let meta = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(Fingerprint {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode,
-    })
-}
-
 /// The tokens in force, reloadable while the hub runs.
 ///
 /// The set sits in a `std::sync::RwLock<Arc<TokenSet>>`: every request reads it, possibly from
@@ -1249,7 +1226,7 @@ pub async fn watch_for_changes(
     poll_every: Duration,
     metrics: mosaic_shared::ops::CommonMetrics,
 ) {
-    let mut hangups = Hangups::install();
+    let mut hangups = Hangups::install("tokens");
     metrics.reloaded("tokens", true);
     let mut ticks = tokio::time::interval(poll_every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1301,44 +1278,6 @@ fn join(names: &[TokenName]) -> String {
     names.join(",")
 }
 
-/// SIGHUP deliveries, or nothing where they cannot be had (non-Unix, or installation failed;
-/// the poller still works then).
-struct Hangups {
-    #[cfg(unix)]
-    signal: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangups {
-    fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let signal = match signal(SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGHUP; tokens reload only when the file changes");
-                    None
-                }
-            };
-            Hangups { signal }
-        }
-        #[cfg(not(unix))]
-        Hangups {}
-    }
-
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        if let Some(signal) = &mut self.signal {
-            if signal.recv().await.is_some() {
-                return;
-            }
-            // The signal driver is gone (runtime shutting down): stop listening.
-            self.signal = None;
-        }
-        std::future::pending::<()>().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1386,8 +1325,8 @@ mod tests {
     impl TempDir {
         fn new(tag: &str) -> Self {
             static N: AtomicU32 = AtomicU32::new(0);
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos();
             let dir = std::env::temp_dir().join(format!(

@@ -10,12 +10,14 @@
 //! - [`tls`]: mutual TLS with SPIFFE-style URI SAN identities, and the client connector.
 //! - [`config`]: TOML + environment overrides into a binary's raw config struct.
 //! - [`ops`]: the operations port: Prometheus metrics, liveness, readiness, gRPC health.
+//! - [`reload`]: noticing changed files (polled fingerprints) and SIGHUP.
 //! - [`telemetry`]: tracing setup.
 //! - [`time`]: wall-clock unix milliseconds.
 
 pub mod config;
 pub mod ids;
 pub mod ops;
+pub mod reload;
 pub mod signing;
 pub mod stream;
 pub mod telemetry;

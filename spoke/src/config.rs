@@ -133,7 +133,25 @@ fn default_max_command_validity_ms() -> u64 {
 struct RawHub {
     hub_id: HubId,
     /// Public key files (PEM) this hub may sign with; several allow rotation.
-    keys: Vec<PathBuf>,
+    keys: Vec<RawKey>,
+}
+
+/// A trusted key: its file, or its file and the moment after which it is refused.
+#[derive(Debug, serde::Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a public key file, or a table { path = \"key.pub.pem\", not_after = 2027-01-01T00:00:00Z }"
+)]
+enum RawKey {
+    Path(PathBuf),
+    Until(RawKeyUntil),
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyUntil {
+    path: PathBuf,
+    not_after: toml::value::Datetime,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -200,7 +218,15 @@ pub struct Profile {
 #[derive(Debug, Clone)]
 pub struct TrustedHub {
     pub hub_id: HubId,
-    pub keys: Vec<PublicKey>,
+    pub keys: Vec<TrustedKey>,
+}
+
+/// A key a hub may sign with, until `not_after_ms` (unix ms) if set: during a rotation the old
+/// and the new key are both trusted, and the old one stops being trusted on its own.
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub key: PublicKey,
+    pub not_after_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +249,18 @@ pub struct SpokeConfig {
     pub ops_listen: Option<SocketAddr>,
     /// On SIGTERM, how long running agents may go on before they are stopped and re-queued.
     pub drain_deadline: Duration,
+    /// Where this config came from, so that it can be read again (`crate::reload`).
+    pub source: ConfigSource,
+    /// The files whose change triggers a reload: the config, the TLS certificate, key and CA
+    /// bundle, and the trusted keys.
+    pub watched_files: Vec<PathBuf>,
+}
+
+/// A config file and the environment it was read with.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub env: Env,
 }
 
 impl SpokeConfig {
@@ -262,7 +300,14 @@ impl SpokeConfig {
         let receipt_key = KeyPair::load(&config::resolve(base, &raw.receipt_key))
             .map_err(|e| invalid("receipt_key", e.to_string()))?;
         let own = SpiffeId::new(&raw.trust_domain, Role::Spoke, raw.spoke_id.as_str());
-        let tls = TlsMaterial::load_as(&raw.tls.resolved(base), &own)
+        let tls_paths = raw.tls.resolved(base);
+        let mut watched_files = vec![
+            path.to_owned(),
+            tls_paths.cert.clone(),
+            tls_paths.key.clone(),
+            tls_paths.ca.clone(),
+        ];
+        let tls = TlsMaterial::load_as(&tls_paths, &own)
             .map_err(|e| invalid(e.field(), e.to_string()))?;
 
         if raw.trusted_hubs.is_empty() {
@@ -279,12 +324,21 @@ impl SpokeConfig {
                     "list at least one public key file".into(),
                 ));
             }
-            let keys = hub
-                .keys
-                .iter()
-                .map(|k| PublicKey::load(&config::resolve(base, k)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| invalid(&format!("trusted_hubs[{i}].keys"), e.to_string()))?;
+            let mut keys = Vec::new();
+            for (k, raw_key) in hub.keys.iter().enumerate() {
+                let field = format!("trusted_hubs[{i}].keys[{k}]");
+                let (path, not_after_ms) = match raw_key {
+                    RawKey::Path(p) => (p, None),
+                    RawKey::Until(u) => (
+                        &u.path,
+                        Some(unix_ms_of(&u.not_after).map_err(|e| invalid(&field, e))?),
+                    ),
+                };
+                let path = config::resolve(base, path);
+                let key = PublicKey::load(&path).map_err(|e| invalid(&field, e.to_string()))?;
+                watched_files.push(path);
+                keys.push(TrustedKey { key, not_after_ms });
+            }
             if trusted_hubs
                 .iter()
                 .any(|h: &TrustedHub| h.hub_id == hub.hub_id)
@@ -298,13 +352,13 @@ impl SpokeConfig {
             for key in &keys {
                 if let Some(other) = trusted_hubs
                     .iter()
-                    .find(|h| h.keys.iter().any(|k| k.id() == key.id()))
+                    .find(|h| h.keys.iter().any(|k| k.key.id() == key.key.id()))
                 {
                     return Err(invalid(
                         &format!("trusted_hubs[{i}].keys"),
                         format!(
                             "key {} is already trusted for hub {}; a key may belong to one hub only",
-                            key.id(),
+                            key.key.id(),
                             other.hub_id
                         ),
                     ));
@@ -491,8 +545,44 @@ impl SpokeConfig {
             profiles,
             ops_listen: raw.ops_listen,
             drain_deadline: Duration::from_millis(raw.drain_deadline_ms),
+            source: ConfigSource {
+                path: path.to_owned(),
+                env: env.clone(),
+            },
+            watched_files,
         })
     }
+}
+
+/// A TOML date-time with an offset as unix milliseconds.
+fn unix_ms_of(d: &toml::value::Datetime) -> Result<i64, String> {
+    let (Some(date), Some(time), Some(offset)) = (d.date, d.time, d.offset) else {
+        return Err(format!(
+            "not_after = {d} needs a date, a time and an offset, e.g. 2027-01-01T00:00:00Z"
+        ));
+    };
+    // Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's
+    // days_from_civil).
+    let (y, m, day) = (
+        i64::from(date.year) - i64::from(date.month <= 2),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let offset_minutes = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes),
+    };
+    let seconds = days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second.unwrap_or(0))
+        - offset_minutes * 60;
+    Ok(seconds * 1000 + i64::from(time.nanosecond.unwrap_or(0) / 1_000_000))
 }
 
 fn is_executable_file(path: &Path) -> bool {
@@ -506,4 +596,24 @@ pub fn valid_env_name(name: &str) -> bool {
         && name.len() <= 128
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> Result<i64, String> {
+        unix_ms_of(&s.parse().unwrap())
+    }
+
+    #[test]
+    fn not_after_dates_are_unix_milliseconds() {
+        assert_eq!(ms("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(ms("1970-01-01T01:00:00+01:00"), Ok(0));
+        assert_eq!(ms("2027-01-01T00:00:00Z"), Ok(1_798_761_600_000));
+        assert_eq!(ms("2024-02-29T12:30:00.250Z"), Ok(1_709_209_800_250));
+        assert_eq!(ms("1969-12-31T23:59:59Z"), Ok(-1000));
+        assert!(ms("2027-01-01T00:00:00").unwrap_err().contains("offset"));
+        assert!(ms("2027-01-01").is_err());
+    }
 }

@@ -28,7 +28,7 @@ use crate::metrics::{ReasonLabel, SpokeMetrics};
 use crate::profile::{self, PlanError};
 use crate::runner::{KillOutcome, Stop, Supervisor};
 use crate::store::{AgentRecord, Claim, Guarded, JobRecord, NewJob, Store, StoreError};
-use crate::verify::{VerifiedCommand, Verifier, VerifyError};
+use crate::verify::{SharedVerifier, VerifiedCommand, VerifyError};
 
 /// Metadata key carrying the machine-readable reason of a refusal.
 pub const REASON_KEY: &str = "x-mosaic-reason";
@@ -131,7 +131,8 @@ pub struct FederationService {
 
 struct Inner {
     config: Arc<SpokeConfig>,
-    verifier: Verifier,
+    /// Replaced when the trusted hubs and keys are reloaded (`crate::reload`).
+    verifier: SharedVerifier,
     store: Store,
     supervisor: Arc<Supervisor>,
     /// Wakes the scheduler when a job is queued or the queue resumes.
@@ -162,14 +163,8 @@ impl FederationService {
         wake: Arc<Notify>,
         metrics: SpokeMetrics,
         lifecycle: watch::Receiver<Lifecycle>,
+        verifier: SharedVerifier,
     ) -> Self {
-        let verifier = Verifier::new(
-            config.spoke_id.clone(),
-            config.trust_domain.clone(),
-            &config.trusted_hubs,
-            config.clock_skew,
-            config.max_command_validity,
-        );
         FederationService {
             inner: Arc::new(Inner {
                 receipt_key: config.receipt_key.clone(),
@@ -193,6 +188,7 @@ impl Inner {
         certs: Option<Arc<Vec<CertificateDer<'static>>>>,
     ) -> Result<mosaic_shared::ids::HubId, Status> {
         self.verifier
+            .current()
             .peer_hub(certs.as_deref().map(|c| c.as_slice()))
             .map_err(|e| {
                 self.metrics
@@ -209,10 +205,10 @@ impl Inner {
         envelope: pb::SignedCommand,
     ) -> Result<Vec<u8>, Refusal> {
         let now = unix_ms();
-        let verified = self
-            .verifier
+        let verifier = self.verifier.current();
+        let verified = verifier
             .peer_hub(certs.as_deref().map(|c| c.as_slice()))
-            .and_then(|hub| Ok((self.verifier.verify(&hub, &envelope, now)?, hub)));
+            .and_then(|hub| Ok((verifier.verify(&hub, &envelope, now)?, hub)));
         let (cmd, hub) = match verified {
             Ok(v) => v,
             Err(e) => {
@@ -238,7 +234,7 @@ impl Inner {
 
     /// The replay defence, then the command; a refused command gives its id back.
     async fn run_verified(&self, cmd: VerifiedCommand, now: i64) -> Result<Vec<u8>, Refusal> {
-        let ttl = self.verifier.replay_ttl(cmd.expires_at_ms, now);
+        let ttl = self.verifier.current().replay_ttl(cmd.expires_at_ms, now);
         let token = match self
             .store
             .claim_command(&cmd.hub_id, &cmd.command_id, ttl)

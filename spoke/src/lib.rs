@@ -15,6 +15,7 @@
 //! - [`claude`]: Claude Code `stream-json` lines into events and the run's result.
 //! - [`metrics`]: the Prometheus metrics served on the ops port.
 //! - [`config`]: `spoke.toml` into a typed [`config::SpokeConfig`].
+//! - [`reload`]: rotation without restarts: TLS material and trusted keys reread on change.
 
 pub mod claude;
 pub mod command;
@@ -26,6 +27,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod output;
 pub mod profile;
+pub mod reload;
 pub mod runner;
 pub mod scheduler;
 pub mod store;
@@ -38,7 +40,6 @@ use std::time::Duration;
 use mosaic_shared::ops::Readiness;
 use mosaic_shared::pb::federation::v1::federation_server::FederationServer;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
 
 use crate::config::SpokeConfig;
 
@@ -106,6 +107,21 @@ pub async fn run(
         let _ = phase.send(scheduler::Phase::Exit);
     };
     let (lifecycle, lifecycle_rx) = tokio::sync::watch::channel(grpc::Lifecycle::Serving);
+    // What a reload replaces (see `reload`): the TLS configuration and the verifier.
+    let material = reload::Material {
+        tls: mosaic_shared::tls::ReloadableServerConfig::new(
+            config
+                .tls
+                .rustls_server_config()
+                .map_err(|e| RunError::Tls(e.to_string()))?,
+        ),
+        verifier: verify::SharedVerifier::new(verify::Verifier::of(&config)),
+    };
+    let reloader = tokio::spawn(reload::watch(
+        config.clone(),
+        material.clone(),
+        metrics.common.clone(),
+    ));
     let service = grpc::FederationService::new(
         config.clone(),
         store.clone(),
@@ -113,6 +129,7 @@ pub async fn run(
         wake,
         metrics.clone(),
         lifecycle_rx.clone(),
+        material.verifier.clone(),
     );
 
     // The ops port: metrics, liveness, readiness (Valkey answers and the spoke is serving).
@@ -152,17 +169,14 @@ pub async fn run(
         profiles = config.profiles.len(),
         "spoke serving"
     );
-    // Small request/response messages: without TCP_NODELAY every round trip waits on delayed
-    // ACKs. tonic's own nodelay option only covers listeners it binds itself.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|c| {
-            let _ = c.set_nodelay(true);
-        })
-    });
+    // TLS handshakes with the configuration in force (reloadable), TCP_NODELAY on every
+    // connection (small request/response messages would otherwise wait on delayed ACKs).
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(mosaic_shared::tls::incoming(
+        listener,
+        material.tls.clone(),
+    ));
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .tls_config(config.tls.server_config())
-        .map_err(|e| RunError::Tls(e.to_string()))?
         .timeout(Duration::from_secs(60))
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -229,6 +243,7 @@ pub async fn run(
     }
     let _ = stop_serving.send(());
     let _ = ops_stop.send(());
+    reloader.abort();
     tracing::info!("spoke stopping");
     match tokio::time::timeout(SHUTDOWN_DRAIN, &mut server).await {
         Ok(Ok(result)) => result.map_err(serve_error),

@@ -44,6 +44,10 @@ pub enum VerifyError {
     UnknownKey(String),
     #[error("signing key {key} is not trusted for hub {hub}")]
     KeyNotTrustedForHub { key: String, hub: HubId },
+    #[error(
+        "signing key {key} was trusted until {not_after_ms} (unix ms) and is retired; sign with the hub's new key"
+    )]
+    KeyRetired { key: String, not_after_ms: i64 },
     #[error("command signature is invalid: {0}")]
     BadSignature(SignatureError),
     #[error("command bytes are not a valid command: {0}")]
@@ -82,6 +86,7 @@ impl VerifyError {
             VerifyError::UntrustedHub(_) => "untrusted_hub",
             VerifyError::UnknownKey(_) => "unknown_key",
             VerifyError::KeyNotTrustedForHub { .. } => "key_not_trusted_for_hub",
+            VerifyError::KeyRetired { .. } => "key_retired",
             VerifyError::BadSignature(_) => "bad_signature",
             VerifyError::Malformed(_) => "malformed_command",
             VerifyError::KeyIdMismatch { .. } => "key_id_mismatch",
@@ -101,7 +106,9 @@ impl VerifyError {
             | VerifyError::UntrustedHub(_)
             | VerifyError::KeyNotTrustedForHub { .. }
             | VerifyError::HubMismatch { .. } => Code::PermissionDenied,
-            VerifyError::UnknownKey(_) | VerifyError::BadSignature(_) => Code::Unauthenticated,
+            VerifyError::UnknownKey(_)
+            | VerifyError::KeyRetired { .. }
+            | VerifyError::BadSignature(_) => Code::Unauthenticated,
             VerifyError::Malformed(_)
             | VerifyError::KeyIdMismatch { .. }
             | VerifyError::BadWindow { .. }
@@ -112,20 +119,61 @@ impl VerifyError {
     }
 }
 
-/// What the chain checks against; built once from config.
+/// The verifier in force, replaced when the trusted hubs or keys are reloaded; a command is
+/// checked against the one in force when it arrived.
+#[derive(Clone)]
+pub struct SharedVerifier(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Verifier>>>);
+
+impl SharedVerifier {
+    pub fn new(v: Verifier) -> Self {
+        SharedVerifier(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(v),
+        )))
+    }
+
+    pub fn current(&self) -> std::sync::Arc<Verifier> {
+        // Held only to clone or swap an Arc; a poisoned lock still holds a whole verifier.
+        std::sync::Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    pub fn replace(&self, v: Verifier) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(v);
+    }
+}
+
+/// What the chain checks against; built from config (again at each reload).
 #[derive(Debug)]
 pub struct Verifier {
     spoke_id: SpokeId,
     trust_domain: String,
     /// Hub ids this spoke accepts connections from.
     hubs: Vec<HubId>,
-    /// Every trusted key, with the one hub allowed to use it.
-    keys: HashMap<KeyId, (HubId, PublicKey)>,
+    /// Every trusted key, with the one hub allowed to use it and when it stops being trusted.
+    keys: HashMap<KeyId, (HubId, PublicKey, Option<i64>)>,
     skew: Duration,
     max_validity: Duration,
 }
 
 impl Verifier {
+    /// The verifier of `config`'s trusted hubs and limits.
+    pub fn of(config: &crate::config::SpokeConfig) -> Self {
+        Verifier::new(
+            config.spoke_id.clone(),
+            config.trust_domain.clone(),
+            &config.trusted_hubs,
+            config.clock_skew,
+            config.max_command_validity,
+        )
+    }
+
     pub fn new(
         spoke_id: SpokeId,
         trust_domain: String,
@@ -135,8 +183,11 @@ impl Verifier {
     ) -> Self {
         let mut keys = HashMap::new();
         for hub in trusted {
-            for key in &hub.keys {
-                keys.insert(key.id().clone(), (hub.hub_id.clone(), key.clone()));
+            for k in &hub.keys {
+                keys.insert(
+                    k.key.id().clone(),
+                    (hub.hub_id.clone(), k.key.clone(), k.not_after_ms),
+                );
             }
         }
         Verifier {
@@ -168,7 +219,7 @@ impl Verifier {
         now_ms: i64,
     ) -> Result<VerifiedCommand, VerifyError> {
         let envelope_key = printable(&envelope.key_id);
-        let (owner, key) = self
+        let (owner, key, not_after) = self
             .keys
             .iter()
             .find(|(id, _)| id.as_str() == envelope.key_id)
@@ -178,6 +229,14 @@ impl Verifier {
             return Err(VerifyError::KeyNotTrustedForHub {
                 key: envelope_key,
                 hub: hub.clone(),
+            });
+        }
+        if let Some(not_after_ms) = *not_after
+            && now_ms > not_after_ms
+        {
+            return Err(VerifyError::KeyRetired {
+                key: envelope_key,
+                not_after_ms,
             });
         }
         key.verify(Domain::Command, &envelope.command, &envelope.signature)
@@ -263,6 +322,7 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TrustedKey;
     use mosaic_shared::signing::KeyPair;
 
     struct Fixture {
@@ -279,11 +339,17 @@ mod tests {
         let trusted = vec![
             TrustedHub {
                 hub_id: hub.clone(),
-                keys: vec![key.public()],
+                keys: vec![TrustedKey {
+                    key: key.public(),
+                    not_after_ms: None,
+                }],
             },
             TrustedHub {
                 hub_id: "hub-2".parse().unwrap(),
-                keys: vec![other_hub_key.public()],
+                keys: vec![TrustedKey {
+                    key: other_hub_key.public(),
+                    not_after_ms: None,
+                }],
             },
         ];
         Fixture {
@@ -336,6 +402,45 @@ mod tests {
             .unwrap();
         assert_eq!(v.command_id.as_str(), "c1");
         assert_eq!(v.action.verb(), "status");
+    }
+
+    #[test]
+    fn a_key_is_trusted_until_its_not_after_and_refused_after() {
+        let old = KeyPair::generate();
+        let new = KeyPair::generate();
+        let hub: HubId = "hub-1".parse().unwrap();
+        let verifier = Verifier::new(
+            "spoke-a".parse().unwrap(),
+            "td".into(),
+            &[TrustedHub {
+                hub_id: hub.clone(),
+                keys: vec![
+                    TrustedKey {
+                        key: old.public(),
+                        not_after_ms: Some(NOW),
+                    },
+                    TrustedKey {
+                        key: new.public(),
+                        not_after_ms: None,
+                    },
+                ],
+            }],
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        );
+        let by_old = seal(&old, &command(&old));
+        assert!(
+            verifier.verify(&hub, &by_old, NOW).is_ok(),
+            "until not_after"
+        );
+        let e = verifier.verify(&hub, &by_old, NOW + 1).unwrap_err();
+        assert_eq!(e.reason(), "key_retired");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(
+            verifier
+                .verify(&hub, &seal(&new, &command(&new)), NOW + 1)
+                .is_ok()
+        );
     }
 
     #[test]

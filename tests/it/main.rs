@@ -9,5 +9,6 @@ mod hostile;
 mod ops;
 mod output;
 mod queue;
+mod rotation;
 mod scheduler;
 mod watch;

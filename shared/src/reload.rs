@@ -1,0 +1,136 @@
+//! Noticing that files changed: polled fingerprints and SIGHUP.
+//!
+//! What a process rereads while it runs (the hub's tokens file, certificates, CA bundles and
+//! trusted keys) is watched the same way: a fingerprint (modification time, length, inode) of
+//! each file compared every second, plus SIGHUP. Polling needs no extra crate, works on every
+//! file system (network and overlay mounts, where inotify is silent) and sees the symlink swaps
+//! by which Kubernetes updates mounted Secrets and ConfigMaps. One `stat` per file per second
+//! costs nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How often watched files are examined.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the poller compares to notice that a file changed. The length catches most edits even
+/// on file systems with coarse timestamps, and the inode catches editors and Kubernetes
+/// ConfigMaps that replace the file (or a symlink) instead of writing in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+/// `None` when the file cannot be examined (missing, unreadable directory).
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    // `metadata` follows symlinks, so a swapped symlink target shows up as a new inode.
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Fingerprint {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode,
+    })
+}
+
+/// A set of files and their fingerprints when last read.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    files: Vec<(PathBuf, Option<Fingerprint>)>,
+}
+
+impl Watched {
+    /// Fingerprints `paths` now: what a load that starts next will read.
+    pub fn new(paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        Watched {
+            files: paths
+                .into_iter()
+                .map(|p| {
+                    let f = fingerprint(&p);
+                    (p, f)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether any file looks different from when this set was made.
+    pub fn changed(&self) -> bool {
+        self.files.iter().any(|(p, f)| fingerprint(p) != *f)
+    }
+}
+
+/// SIGHUP deliveries, or nothing where they cannot be had (non-Unix, or installation failed;
+/// the poller still works then). Installing it is what keeps a SIGHUP from ending the process.
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Listens for SIGHUP; `what` names what it reloads, for the warning if it cannot.
+    pub fn install(what: &str) -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = match signal(SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; {what} reload only when the files change");
+                    None
+                }
+            };
+            Hangups { signal }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = what;
+            Hangups {}
+        }
+    }
+
+    /// The next SIGHUP (never, if there are none to be had).
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+            // The signal driver is gone (runtime shutting down): stop listening.
+            self.signal = None;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewritten_replaced_or_removed_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "one").unwrap();
+        std::fs::write(&b, "two").unwrap();
+        let w = Watched::new([a.clone(), b.clone()]);
+        assert!(!w.changed());
+        std::fs::write(&a, "one!").unwrap();
+        assert!(w.changed(), "a longer file");
+        let w = Watched::new([a.clone(), b.clone()]);
+        // Replaced by rename, same length: a new inode.
+        let c = dir.path().join("c");
+        std::fs::write(&c, "owt").unwrap();
+        std::fs::rename(&c, &b).unwrap();
+        assert!(w.changed(), "a replaced file");
+        let w = Watched::new([a.clone(), b.clone()]);
+        std::fs::remove_file(&a).unwrap();
+        assert!(w.changed(), "a removed file");
+        let w = Watched::new([a.clone()]);
+        assert!(!w.changed(), "still missing is no change");
+    }
+}
