@@ -558,8 +558,7 @@ impl AdminService {
     /// key.
     fn audit_keys(&self) -> (HashMap<String, PublicKey>, HashMap<String, PublicKey>) {
         let config = self.commander.config();
-        let hub = config.signer.public();
-        let hubs = HashMap::from([(hub.id().to_string(), hub)]);
+        let hubs = config.hub_keys();
         let spokes = config
             .spokes
             .iter()

@@ -736,8 +736,7 @@ async fn audit(
         .into_inner();
     let checked_by = match &local {
         Some(c) => {
-            let hub_key = c.signer.public();
-            let hubs = std::collections::HashMap::from([(hub_key.id().to_string(), hub_key)]);
+            let hubs = c.hub_keys();
             let spokes = c
                 .spokes
                 .iter()

@@ -23,6 +23,7 @@ use crate::audit::{AuditStore, Outcome, Placement};
 use crate::config::{HubConfig, SpokeEntry};
 use crate::metrics::{CommandLabels, HubMetrics, VerbLabel};
 use crate::placement::{self, Candidate, Labels, NoSpoke};
+use crate::reload::Live;
 use crate::spokes::{self, Receipt, SpokeClient, SpokeError};
 use crate::store::StoreError;
 
@@ -105,7 +106,8 @@ pub struct InfoAnswer {
 }
 
 pub struct Commander {
-    config: Arc<HubConfig>,
+    /// The config in force (replaced by a reload; see `reload`).
+    config: Live,
     audit: AuditStore,
     metrics: HubMetrics,
     /// One channel per spoke, kept while it works (tonic reconnects it).
@@ -113,7 +115,7 @@ pub struct Commander {
 }
 
 impl Commander {
-    pub fn new(config: Arc<HubConfig>, audit: AuditStore, metrics: HubMetrics) -> Self {
+    pub fn new(config: Live, audit: AuditStore, metrics: HubMetrics) -> Self {
         Commander {
             config,
             audit,
@@ -126,8 +128,9 @@ impl Commander {
         &self.audit
     }
 
-    pub fn config(&self) -> &HubConfig {
-        &self.config
+    /// The config in force now.
+    pub fn config(&self) -> Arc<HubConfig> {
+        self.config.current()
     }
 
     /// Runs `f` with the spoke's channel. A kept channel that fails as a broken connection
@@ -150,7 +153,7 @@ impl Commander {
                 done => return done,
             }
         }
-        let c = SpokeClient::connect(&self.config, spoke).await?;
+        let c = SpokeClient::connect(&self.config(), spoke).await?;
         self.clients
             .lock()
             .expect("not poisoned")
@@ -166,6 +169,12 @@ impl Commander {
 
     fn forget(&self, spoke: &SpokeId) {
         self.clients.lock().expect("not poisoned").remove(spoke);
+    }
+
+    /// Drops every kept channel, so that the next command dials with the TLS material in
+    /// force (after a reload).
+    pub fn forget_all(&self) {
+        self.clients.lock().expect("not poisoned").clear();
     }
 
     /// `Info` from each spoke in `entries`, concurrently, each bounded by [`INFO_WITHIN`].
@@ -204,7 +213,7 @@ impl Commander {
         profile: &ProfileName,
     ) -> Result<SpokeId, CommandError> {
         let entries: Vec<SpokeEntry> = self
-            .config
+            .config()
             .spokes
             .iter()
             .filter(|s| selector.selects(&s.labels))
@@ -258,7 +267,8 @@ impl Commander {
         target: Target,
         action: pb::command::Action,
     ) -> Result<Done, CommandError> {
-        let hub = self.config.signer.hub_id();
+        let config = self.config();
+        let hub = config.signer.hub_id();
         let verb = verb(&action);
         let print = fingerprint(asker.request);
         let (command_id, prior) = match asker.request_id {
@@ -280,7 +290,7 @@ impl Commander {
                 {
                     let spoke: SpokeId = p.spoke_id.parse().map_err(|_| corrupt(&p))?;
                     let entry = self.entry(&spoke)?;
-                    let receipt = spokes::verify_receipt(entry, hub, &command_id, signed)?;
+                    let receipt = spokes::verify_receipt(&entry, hub, &command_id, signed)?;
                     return Ok(Done {
                         spoke,
                         command_id,
@@ -322,10 +332,7 @@ impl Commander {
             }
         };
         let spoke: SpokeId = record.spoke_id.parse().map_err(|_| corrupt(&record))?;
-        let envelope = self
-            .config
-            .signer
-            .seal(&command_id, &spoke, action, unix_ms());
+        let envelope = config.signer.seal(&command_id, &spoke, action, unix_ms());
         record.command = Some(envelope.clone());
         record.outcome = Outcome::Pending.as_str().to_owned();
         let placement = match (asker.workspace, record.job_id.parse::<JobId>()) {
@@ -347,7 +354,7 @@ impl Commander {
         {
             self.audit.update(&record).await?;
         }
-        let signer = &self.config.signer;
+        let signer = &config.signer;
         let sent = self
             .with_client(&spoke, |c| {
                 let (envelope, command_id) = (envelope.clone(), &command_id);
@@ -396,9 +403,10 @@ impl Commander {
         }
     }
 
-    fn entry(&self, spoke: &SpokeId) -> Result<&SpokeEntry, SpokeError> {
-        self.config.spoke(spoke).ok_or_else(|| {
-            let known: Vec<&str> = self.config.spokes.iter().map(|s| s.id.as_str()).collect();
+    fn entry(&self, spoke: &SpokeId) -> Result<SpokeEntry, SpokeError> {
+        let config = self.config();
+        config.spoke(spoke).cloned().ok_or_else(|| {
+            let known: Vec<&str> = config.spokes.iter().map(|s| s.id.as_str()).collect();
             SpokeError::Unknown(spoke.clone(), known.join(", "))
         })
     }

@@ -20,6 +20,9 @@ struct Raw {
     hub_id: HubId,
     trust_domain: String,
     signing_key: PathBuf,
+    /// Public keys the hub signed with before a rotation (the audit trail still verifies).
+    #[serde(default)]
+    retired_signing_keys: Vec<PathBuf>,
     #[serde(default = "default_command_ttl_ms")]
     command_ttl_ms: u64,
     #[serde(default = "default_request_timeout_ms")]
@@ -148,6 +151,13 @@ pub struct HubConfig {
     pub serve: Result<ServeConfig, ConfigError>,
     pub events: EventsConfig,
     pub audit: AuditConfig,
+    /// Public keys of earlier signing keys, for checking old audit records.
+    pub retired_signing_keys: Vec<PublicKey>,
+    /// Where this config came from, so that it can be read again (`crate::reload`).
+    pub source: config::ConfigSource,
+    /// The files whose change triggers a reload: the config, the signing key, the TLS
+    /// certificate, key and CA bundle, and the spokes' receipt keys.
+    pub watched_files: Vec<PathBuf>,
 }
 
 impl HubConfig {
@@ -172,10 +182,28 @@ impl HubConfig {
                 "must be between 100 and 600000".into(),
             ));
         }
-        let signing_key = KeyPair::load(&config::resolve(base, &raw.signing_key))
-            .map_err(|e| invalid("signing_key", e.to_string()))?;
+        let signing_key_path = config::resolve(base, &raw.signing_key);
+        let signing_key =
+            KeyPair::load(&signing_key_path).map_err(|e| invalid("signing_key", e.to_string()))?;
+        let retired_signing_keys = raw
+            .retired_signing_keys
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                PublicKey::load(&config::resolve(base, p))
+                    .map_err(|e| invalid(&format!("retired_signing_keys[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let own = SpiffeId::new(&raw.trust_domain, Role::Hub, raw.hub_id.as_str());
-        let tls = TlsMaterial::load_as(&raw.tls.resolved(base), &own)
+        let tls_paths = raw.tls.resolved(base);
+        let mut watched_files = vec![
+            path.to_owned(),
+            signing_key_path,
+            tls_paths.cert.clone(),
+            tls_paths.key.clone(),
+            tls_paths.ca.clone(),
+        ];
+        let tls = TlsMaterial::load_as(&tls_paths, &own)
             .map_err(|e| invalid(e.field(), e.to_string()))?;
         let e = raw.events;
         mosaic_shared::stream::check_retention(e.retain_max, e.retain_ms)
@@ -220,8 +248,10 @@ impl HubConfig {
                     format!("spoke {} is listed twice", s.id),
                 ));
             }
-            let receipt_key = PublicKey::load(&config::resolve(base, &s.receipt_key))
+            let receipt_key_path = config::resolve(base, &s.receipt_key);
+            let receipt_key = PublicKey::load(&receipt_key_path)
                 .map_err(|e| invalid(&format!("spokes[{i}].receipt_key"), e.to_string()))?;
+            watched_files.push(receipt_key_path);
             let labels =
                 Labels::new(s.labels).map_err(|e| invalid(&format!("spokes[{i}].labels"), e))?;
             spokes.push(SpokeEntry {
@@ -252,7 +282,22 @@ impl HubConfig {
                 retain_max: a.retain_max,
                 retain: Duration::from_millis(a.retain_ms),
             },
+            retired_signing_keys,
+            source: config::ConfigSource {
+                path: path.to_owned(),
+                env: env.clone(),
+            },
+            watched_files,
         })
+    }
+
+    /// The hub's public keys by id, for checking audit records: the signing key's and the
+    /// retired ones.
+    pub fn hub_keys(&self) -> std::collections::HashMap<String, PublicKey> {
+        std::iter::once(self.signer.public())
+            .chain(self.retired_signing_keys.iter().cloned())
+            .map(|k| (k.id().to_string(), k))
+            .collect()
     }
 
     pub fn spoke(&self, id: &SpokeId) -> Option<&SpokeEntry> {

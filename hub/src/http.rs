@@ -311,11 +311,10 @@ async fn openapi() -> Response {
 /// Serves `router` over TLS on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    tls: rustls::ServerConfig,
+    tls: mosaic_shared::tls::ReloadableServerConfig,
     router: Router,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     // Connections end with the server: long-lived event streams must not hold a shutdown.
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -332,7 +331,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        // The TLS configuration in force when the connection arrived (see `reload`).
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let router = router.clone();
         connections.spawn(async move {
             let Ok(tls) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
             else {

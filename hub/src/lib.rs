@@ -12,6 +12,7 @@
 //! - [`render`]: `watch` output: scrolling lines and live progress bars, or JSON lines.
 //! - [`cli`]: the `mosaic-hub` verbs, their output and exit codes.
 //! - [`config`]: `hub.toml` into a typed [`config::HubConfig`].
+//! - [`reload`]: rotation without restarts: the config and its files reread on change.
 //! - [`sign`]: builds and signs commands; the only holder of the hub's private key.
 //! - [`spokes`]: dials spokes over mutual TLS, sends commands, verifies signed receipts.
 //! - [`certs`]: the development PKI (`certs init`).
@@ -30,6 +31,7 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod placement;
+pub mod reload;
 pub mod render;
 pub mod server;
 pub mod sign;

@@ -13,7 +13,6 @@ use mosaic_shared::pb::admin::v1::admin_server::AdminServer;
 use mosaic_shared::time::unix_ms;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
 
 use crate::admin::AdminService;
 use crate::audit::AuditStore;
@@ -22,9 +21,11 @@ use crate::commander::Commander;
 use crate::config::HubConfig;
 use crate::fanout::Fanout;
 use crate::metrics::{GrpcRequests, HubMetrics};
+use crate::reload::{Live, ServerTls};
 use crate::store::HubStore;
 use crate::upstream::{self, Health};
 use mosaic_shared::ops::Readiness;
+use mosaic_shared::tls::ReloadableServerConfig;
 
 /// How often retention runs.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
@@ -69,11 +70,12 @@ pub async fn run(
     let store = HubStore::connect(&serve.valkey_url, &config.hub_id).await?;
     let (stop, stopping) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let live = Live::new(config);
+    let config = live.current();
     for spoke in &config.spokes {
         tasks.spawn(upstream::follow(
             spoke.clone(),
-            config.trust_domain.clone(),
-            config.tls.clone(),
+            live.clone(),
             store.clone(),
             health.clone(),
             stopping.clone(),
@@ -94,12 +96,11 @@ pub async fn run(
         stopping.clone(),
     ));
 
-    let config = Arc::new(config);
-    let commander = Arc::new(Commander::new(config.clone(), audit, metrics.clone()));
+    let commander = Arc::new(Commander::new(live.clone(), audit, metrics.clone()));
     let service = Arc::new(AdminService::new(
         tokens,
         fanout.clone(),
-        commander,
+        commander.clone(),
         store.clone(),
         health.clone(),
     ));
@@ -111,11 +112,40 @@ pub async fn run(
             })?),
             (None, None) => None,
         };
-    if let Some(listener) = http {
-        let tls = config
-            .tls
-            .rustls_server_config_optional_client_auth()
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    // Both admin ports' TLS, replaced on a reload (`reload`).
+    let tls_error = |e: mosaic_shared::tls::TlsError| ServeError::Tls(e.to_string());
+    let servers = ServerTls {
+        grpc: ReloadableServerConfig::new(
+            config
+                .tls
+                .rustls_server_config_optional_client_auth_h2()
+                .map_err(tls_error)?,
+        ),
+        http: match &http {
+            Some(_) => Some(ReloadableServerConfig::new(
+                config
+                    .tls
+                    .rustls_server_config_optional_client_auth()
+                    .map_err(tls_error)?,
+            )),
+            None => None,
+        },
+    };
+    {
+        let commander = commander.clone();
+        let watcher = tokio::spawn(crate::reload::watch(
+            live.clone(),
+            servers.clone(),
+            metrics.common.clone(),
+            move || commander.forget_all(),
+        ));
+        let mut stopping = stopping.clone();
+        tasks.spawn(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            watcher.abort();
+        });
+    }
+    if let (Some(listener), Some(tls)) = (http, servers.http.clone()) {
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "hub serving HTTP"
@@ -169,11 +199,10 @@ pub async fn run(
         spokes = config.spokes.len(),
         "hub serving the admin API"
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|c| {
-            let _ = c.set_nodelay(true);
-        })
-    });
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(mosaic_shared::tls::incoming(
+        listener,
+        servers.grpc.clone(),
+    ));
     // grpc.health.v1 (for probes: SERVING while the server runs) and server reflection (so
     // grpcurl needs no .proto files).
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -185,8 +214,6 @@ pub async fn run(
         .build_v1()
         .map_err(|e| ServeError::Serve(format!("reflection: {e}")))?;
     let server = tonic::transport::Server::builder()
-        .tls_config(config.tls.server_config_optional_client_auth())
-        .map_err(|e| ServeError::Tls(e.to_string()))?
         .layer(GrpcRequests::layer(metrics.admin_requests.clone()))
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

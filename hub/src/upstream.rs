@@ -17,7 +17,7 @@ use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::pb::federation::v1::federation_client::FederationClient;
 use mosaic_shared::time::unix_ms;
-use mosaic_shared::tls::{self, DialOptions, Role, SpiffeId, TlsMaterial};
+use mosaic_shared::tls::{self, DialOptions, Role, SpiffeId};
 use tokio::sync::watch;
 
 use crate::config::SpokeEntry;
@@ -97,8 +97,7 @@ enum Ended {
 /// Follows `spoke`'s events into the log until `shutdown` turns true.
 pub async fn follow(
     spoke: SpokeEntry,
-    trust_domain: String,
-    tls: TlsMaterial,
+    live: crate::reload::Live,
     store: HubStore,
     health: Health,
     mut shutdown: watch::Receiver<bool>,
@@ -106,7 +105,7 @@ pub async fn follow(
     let mut backoff = BACKOFF_FIRST;
     loop {
         let ended = tokio::select! {
-            ended = session(&spoke, &trust_domain, &tls, &store, &health) => ended,
+            ended = session(&spoke, &live, &store, &health) => ended,
             _ = shutdown.wait_for(|s| *s) => Ended::Shutdown,
         };
         match ended {
@@ -146,11 +145,12 @@ pub async fn follow(
 
 async fn session(
     spoke: &SpokeEntry,
-    trust_domain: &str,
-    tls: &TlsMaterial,
+    live: &crate::reload::Live,
     store: &HubStore,
     health: &Health,
 ) -> Ended {
+    // Each session dials with the TLS material in force (rotation: `crate::reload`).
+    let config = live.current();
     let failed = |what: &str, e: &dyn std::fmt::Display| Ended::Failed(format!("{what}: {e}"));
     let mut cursor = match store.spoke_cursor(&spoke.id).await {
         Ok(c) => c,
@@ -158,8 +158,8 @@ async fn session(
     };
     let channel = match tls::connect(
         &spoke.address,
-        SpiffeId::new(trust_domain, Role::Spoke, spoke.id.as_str()),
-        tls,
+        SpiffeId::new(&config.trust_domain, Role::Spoke, spoke.id.as_str()),
+        &config.tls,
         DialOptions::default(),
     )
     .await

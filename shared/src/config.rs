@@ -11,6 +11,13 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+/// A config file and the environment it was read with, to read it again (a reload).
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub env: Env,
+}
+
 /// A snapshot of the process environment.
 #[derive(Debug, Clone, Default)]
 pub struct Env(BTreeMap<String, String>);

@@ -420,6 +420,14 @@ impl TlsMaterial {
         self.rustls_server(true, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
     }
 
+    /// rustls server config for the hub's admin gRPC port: as
+    /// [`TlsMaterial::rustls_server_config_optional_client_auth`], HTTP/2 only.
+    pub fn rustls_server_config_optional_client_auth_h2(
+        &self,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        self.rustls_server(true, vec![b"h2".to_vec()])
+    }
+
     /// rustls server config for a gRPC server that requires a client certificate chaining to
     /// our CA (as [`TlsMaterial::server_config`]), for [`incoming`]: HTTP/2 only.
     pub fn rustls_server_config(&self) -> Result<rustls::ServerConfig, TlsError> {

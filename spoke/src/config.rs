@@ -250,17 +250,10 @@ pub struct SpokeConfig {
     /// On SIGTERM, how long running agents may go on before they are stopped and re-queued.
     pub drain_deadline: Duration,
     /// Where this config came from, so that it can be read again (`crate::reload`).
-    pub source: ConfigSource,
+    pub source: config::ConfigSource,
     /// The files whose change triggers a reload: the config, the TLS certificate, key and CA
     /// bundle, and the trusted keys.
     pub watched_files: Vec<PathBuf>,
-}
-
-/// A config file and the environment it was read with.
-#[derive(Debug, Clone)]
-pub struct ConfigSource {
-    pub path: PathBuf,
-    pub env: Env,
 }
 
 impl SpokeConfig {
@@ -545,7 +538,7 @@ impl SpokeConfig {
             profiles,
             ops_listen: raw.ops_listen,
             drain_deadline: Duration::from_millis(raw.drain_deadline_ms),
-            source: ConfigSource {
+            source: config::ConfigSource {
                 path: path.to_owned(),
                 env: env.clone(),
             },

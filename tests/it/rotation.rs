@@ -352,3 +352,230 @@ fn first_cert_der_bytes(pem: &[u8]) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+#[tokio::test]
+async fn the_hub_rotates_its_signing_key_and_certificate_under_load_without_a_refusal() {
+    use mosaic_shared::pb::admin::v1 as admin;
+    let fed = Federation::builder()
+        .spoke("a")
+        .hub_server()
+        .start()
+        .await
+        .unwrap();
+    let root = fed.dir().to_owned();
+    let mut c = fed.admin().await.unwrap();
+    let token = fed.token("operator");
+    let job = c
+        .spawn(authed(
+            &token,
+            admin::SpawnRequest {
+                spoke_id: "a".into(),
+                spawn: Some(pb::Spawn {
+                    profile: "echo".into(),
+                    workspace: "ws-test".into(),
+                    args: vec!["hi".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .job_id;
+
+    // Load: status through the hub (each one a command the hub signs), on fresh connections.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let load = {
+        let (fed_dir, job, token, addr) =
+            (root.clone(), job.clone(), token.clone(), fed.hub_addr());
+        tokio::spawn(async move {
+            let mut load = Load {
+                ok: 0,
+                failed: Vec::new(),
+            };
+            while !*stopping.borrow() {
+                // The CA bundle is read for each connection: it gains the new CA below.
+                let trust =
+                    TlsMaterial::trust_only(&fed_dir.join("pki").join(certs::CA_CERT)).unwrap();
+                let asked = async {
+                    let channel = mosaic_shared::tls::connect(
+                        &addr.to_string(),
+                        SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB),
+                        &trust,
+                        Default::default(),
+                    )
+                    .await?;
+                    admin::admin_client::AdminClient::new(channel)
+                        .get_status(authed(
+                            &token,
+                            admin::GetStatusRequest {
+                                id: job.clone(),
+                                ..Default::default()
+                            },
+                        ))
+                        .await?;
+                    anyhow::Ok(())
+                };
+                match asked.await {
+                    Ok(()) => load.ok += 1,
+                    Err(e) => load.failed.push(format!("{e:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            load
+        })
+    };
+
+    // 1. Signing key: the spoke trusts the new key beside the old one; then the hub signs with
+    //    the new key, keeping the old public key to check its earlier audit records.
+    let new_key = KeyPair::generate();
+    let (next_priv, next_pub) = (
+        root.join("keys/hub-next.pem"),
+        root.join("keys/hub-next.pub.pem"),
+    );
+    new_key.write(&next_priv, &next_pub).unwrap();
+    let old_pub = root.join(format!("keys/{HUB}.pub.pem"));
+    let spoke_toml = root.join("a.toml");
+    let text = std::fs::read_to_string(&spoke_toml).unwrap();
+    let old_line = format!("keys = [{:?}]", old_pub.display().to_string());
+    let text = text.replacen(
+        &old_line,
+        &format!(
+            "keys = [{:?}, {:?}]",
+            old_pub.display().to_string(),
+            next_pub.display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(&spoke_toml, text).unwrap();
+    let new_id = new_key.id().to_string();
+    wait_log(|| fed.spoke_log("a"), &new_id, 1).await;
+    let retired = root.join("keys/hub-retired.pub.pem");
+    std::fs::copy(&old_pub, &retired).unwrap();
+    let hub_toml = root.join("hub.toml");
+    let text = std::fs::read_to_string(&hub_toml).unwrap();
+    std::fs::write(
+        &hub_toml,
+        format!("retired_signing_keys = [\"keys/hub-retired.pub.pem\"]\n{text}"),
+    )
+    .unwrap();
+    // Replaced in one rename, so no reload sees half a key.
+    std::fs::rename(&next_priv, root.join(format!("keys/{HUB}.pem"))).unwrap();
+    wait_log(
+        || fed.hub_log(),
+        &format!("\"signing_key\":\"{new_id}\""),
+        1,
+    )
+    .await;
+
+    // 2. The hub's certificate from a new CA: spokes and clients trust it first.
+    certs::init(
+        &root.join("pki2"),
+        &PkiPlan {
+            trust_domain: TRUST_DOMAIN.into(),
+            hubs: vec![HUB.parse().unwrap()],
+            spokes: vec![],
+            admins: vec![],
+            valid_days: 2,
+        },
+    )
+    .unwrap();
+    let ca = root.join("pki").join(certs::CA_CERT);
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&ca).unwrap(),
+        std::fs::read_to_string(root.join("pki2").join(certs::CA_CERT)).unwrap()
+    );
+    const SPOKE_RELOADED: &str = "reloaded the TLS certificate, CA bundle and trusted keys";
+    let before = fed.spoke_log("a").matches(SPOKE_RELOADED).count();
+    std::fs::write(root.join("pki/bundle.tmp"), both).unwrap();
+    std::fs::rename(root.join("pki/bundle.tmp"), &ca).unwrap();
+    wait_log(|| fed.spoke_log("a"), SPOKE_RELOADED, before + 1).await;
+    let (cert, key) = (
+        certs::cert_file(Role::Hub, HUB),
+        certs::key_file(Role::Hub, HUB),
+    );
+    std::fs::copy(root.join("pki2").join(&key), root.join("pki/key.tmp")).unwrap();
+    std::fs::copy(root.join("pki2").join(&cert), root.join("pki/cert.tmp")).unwrap();
+    std::fs::rename(root.join("pki/key.tmp"), root.join("pki").join(&key)).unwrap();
+    std::fs::rename(root.join("pki/cert.tmp"), root.join("pki").join(&cert)).unwrap();
+    let want = first_cert_der(&root.join("pki2").join(&cert));
+    let trust = TlsMaterial::trust_only(&ca).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_by_hub(fed.hub_addr(), &trust).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "the hub still serves its old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Commands still reach the spoke (the hub dials it with its new certificate).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let _ = stop.send(true);
+    let load = load.await.unwrap();
+    assert!(
+        load.failed.is_empty(),
+        "{} of {} requests failed during the rotations: {:?}",
+        load.failed.len(),
+        load.ok + load.failed.len() as u64,
+        load.failed
+    );
+    assert!(load.ok >= 30, "only {} requests under load", load.ok);
+
+    // Every command in the audit trail still verifies, the old ones by the retired key.
+    let mut c = fed.admin().await.unwrap();
+    let audit = c
+        .audit(authed(
+            &fed.token("admin"),
+            admin::AuditRequest {
+                limit: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: std::collections::BTreeSet<String> = audit
+        .records
+        .iter()
+        .filter_map(|r| r.command.as_ref().map(|c| c.key_id.clone()))
+        .collect();
+    assert!(keys.len() >= 2, "both keys signed commands: {keys:?}");
+    for r in &audit.records {
+        assert!(
+            r.verified,
+            "{} does not verify: {}",
+            r.command_id, r.verify_error
+        );
+    }
+}
+
+/// Waits until `needle` occurs at least `times` times in the log.
+async fn wait_log(log: impl Fn() -> String, needle: &str, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log().matches(needle).count() < times {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log after 10 s:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The DER of the certificate the hub's admin gRPC port presents to a new connection.
+async fn served_by_hub(addr: std::net::SocketAddr, trust: &TlsMaterial) -> Vec<u8> {
+    let mut config = trust
+        .rustls_client_config(SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB))
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("hub").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
