@@ -15,7 +15,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use mosaic_shared::config::ConfigError;
 use mosaic_shared::ops::CommonMetrics;
-use mosaic_shared::reload::{Hangups, POLL_INTERVAL, Watched};
+use mosaic_shared::reload::{Hangups, Watched, next_change};
 use mosaic_shared::tls::ReloadableServerConfig;
 
 use crate::config::HubConfig;
@@ -72,15 +72,7 @@ pub async fn watch(
     let mut files = live.current().watched_files.clone();
     let mut watched = Watched::new(files.clone());
     loop {
-        let cause = tokio::select! {
-            () = tokio::time::sleep(POLL_INTERVAL) => {
-                if !watched.changed() {
-                    continue;
-                }
-                "file changed"
-            }
-            () = hangups.next() => "SIGHUP",
-        };
+        let cause = next_change(&watched, &mut hangups).await;
         watched = Watched::new(files.clone());
         let path = source.path.display();
         let failed = |what: &str, error: &dyn std::fmt::Display| {

@@ -64,6 +64,21 @@ impl Watched {
     }
 }
 
+/// Waits for the next reason to reload: a change among `watched` (polled every
+/// [`POLL_INTERVAL`]) or a SIGHUP; says which.
+pub async fn next_change(watched: &Watched, hangups: &mut Hangups) -> &'static str {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(POLL_INTERVAL) => {
+                if watched.changed() {
+                    return "file changed";
+                }
+            }
+            () = hangups.next() => return "SIGHUP",
+        }
+    }
+}
+
 /// SIGHUP deliveries, or nothing where they cannot be had (non-Unix, or installation failed;
 /// the poller still works then). Installing it is what keeps a SIGHUP from ending the process.
 pub struct Hangups {

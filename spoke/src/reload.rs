@@ -11,7 +11,7 @@
 
 use mosaic_shared::config::ConfigError;
 use mosaic_shared::ops::CommonMetrics;
-use mosaic_shared::reload::{Hangups, POLL_INTERVAL, Watched};
+use mosaic_shared::reload::{Hangups, Watched, next_change};
 use mosaic_shared::tls::ReloadableServerConfig;
 
 use crate::config::SpokeConfig;
@@ -47,15 +47,7 @@ pub async fn watch(
     let mut watched = Watched::new(config.watched_files.clone());
     let mut files = config.watched_files.clone();
     loop {
-        let cause = tokio::select! {
-            () = tokio::time::sleep(POLL_INTERVAL) => {
-                if !watched.changed() {
-                    continue;
-                }
-                "file changed"
-            }
-            () = hangups.next() => "SIGHUP",
-        };
+        let cause = next_change(&watched, &mut hangups).await;
         // Fingerprinted before reading: a change during the read is seen at the next poll.
         watched = Watched::new(files.clone());
         let path = source.path.display();
