@@ -612,7 +612,12 @@ impl Valkey {
                     let mut con = client.get_multiplexed_async_connection().await?;
                     redis::cmd("PING").query_async::<String>(&mut con).await
                 };
-                if ready.await.is_ok() {
+                // A server whose default user is off answers NOAUTH: it is up.
+                let answered = match ready.await {
+                    Ok(_) => true,
+                    Err(e) => e.to_string().contains("NOAUTH"),
+                };
+                if answered {
                     return Ok(Valkey { child, socket });
                 }
             }

@@ -14,6 +14,7 @@ use mosaic_shared::ids::{HubId, SpokeId};
 use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::stream::{EntryId, TRIM_SCRIPT};
+use mosaic_spoke::store::connect_failure;
 use prost::Message as _;
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -130,7 +131,7 @@ impl HubStore {
             url: mosaic_spoke::store::redact(url),
             reason,
         };
-        let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
+        let client = redis::Client::open(url).map_err(|e| unreachable(connect_failure(&e)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -138,11 +139,11 @@ impl HubStore {
         let mut con = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(connect_failure(&e)))?;
         let _: String = redis::cmd("PING")
             .query_async(&mut con)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(connect_failure(&e)))?;
         Ok(HubStore {
             con,
             client,

@@ -48,11 +48,30 @@ impl Env {
         }
         let host = self.get("VALKEY_HOST")?;
         let port = self.get("VALKEY_PORT").unwrap_or("6379");
-        Some(match self.get("VALKEY_PASSWORD") {
-            Some(pw) => format!("redis://:{pw}@{host}:{port}"),
-            None => format!("redis://{host}:{port}"),
-        })
+        let user = self.get("VALKEY_USERNAME").map(percent_encode);
+        Some(
+            match (user, self.get("VALKEY_PASSWORD").map(percent_encode)) {
+                (user, Some(pw)) => {
+                    format!("redis://{}:{pw}@{host}:{port}", user.unwrap_or_default())
+                }
+                (Some(user), None) => format!("redis://{user}@{host}:{port}"),
+                (None, None) => format!("redis://{host}:{port}"),
+            },
+        )
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for a URL's user info.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +289,19 @@ mod tests {
             .with("VALKEY_HOST", "h")
             .with("VALKEY_PASSWORD", "pw");
         assert_eq!(env.valkey_url().unwrap(), "redis://:pw@h:6379");
+        let acl = env
+            .clone()
+            .with("VALKEY_USERNAME", "mosaic")
+            .with("VALKEY_PASSWORD", "p@ss:w/rd")
+            .with("VALKEY_PORT", "6380");
+        assert_eq!(
+            acl.valkey_url().unwrap(),
+            "redis://mosaic:p%40ss%3Aw%2Frd@h:6380"
+        );
+        let user_only = Env::default()
+            .with("VALKEY_HOST", "h")
+            .with("VALKEY_USERNAME", "u");
+        assert_eq!(user_only.valkey_url().unwrap(), "redis://u@h:6379");
         let env = env.with("VALKEY_URL", "redis://v");
         assert_eq!(env.valkey_url().unwrap(), "redis://v");
         let env = env.with("MOSAIC_VALKEY_URL", "unix:///s");

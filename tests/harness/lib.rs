@@ -99,6 +99,8 @@ pub struct FederationBuilder {
     /// Top-level `key = value` settings of spoke.toml (defaults: an ops port on a free port,
     /// and no drain, so that stopping a test spoke ends its agents at once).
     spoke_settings: BTreeMap<String, String>,
+    /// An ACL user (name, password) for Valkey, whose default user is then off.
+    valkey_user: Option<(String, String)>,
 }
 
 impl FederationBuilder {
@@ -154,6 +156,13 @@ impl FederationBuilder {
         self
     }
 
+    /// Runs Valkey with its default user off and one ACL user with `password`; hub and spokes
+    /// (and [`Federation::valkey_url`]) authenticate as that user.
+    pub fn valkey_user(mut self, name: &str, password: &str) -> Self {
+        self.valkey_user = Some((name.to_owned(), password.to_owned()));
+        self
+    }
+
     /// Runs Valkey with AOF (`appendfsync always`), for tests that restart it.
     pub fn persistent_valkey(mut self) -> Self {
         self.persistent = true;
@@ -165,12 +174,37 @@ impl FederationBuilder {
         let root = dir.path().to_owned();
         let env = Env::from_process();
         let valkey_bin = find_valkey_server(&env)?;
-        let valkey_args: Vec<&str> = if self.persistent {
-            vec!["--appendonly", "yes", "--appendfsync", "always"]
+        let mut valkey_args: Vec<String> = if self.persistent {
+            ["--appendonly", "yes", "--appendfsync", "always"]
+                .map(String::from)
+                .into()
         } else {
             vec![]
         };
-        let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &valkey_args).await?;
+        let valkey_auth = match &self.valkey_user {
+            Some((name, password)) => {
+                valkey_args.extend(
+                    [
+                        "--user",
+                        "default",
+                        "off",
+                        "--user",
+                        name,
+                        "on",
+                        &format!(">{password}"),
+                        "~*",
+                        "&*",
+                        "+@all",
+                    ]
+                    .map(String::from),
+                );
+                format!("?user={name}&pass={password}")
+            }
+            None => String::new(),
+        };
+        let args: Vec<&str> = valkey_args.iter().map(String::as_str).collect();
+        let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &args).await?;
+        let valkey_url = format!("{}{valkey_auth}", valkey.url());
 
         certs::init(
             &root.join("pki"),
@@ -205,7 +239,7 @@ impl FederationBuilder {
                 spoke_toml(
                     id,
                     &root,
-                    &valkey.url(),
+                    &valkey_url,
                     &self.profiles,
                     &self.queue,
                     &self.spoke_settings,
@@ -233,7 +267,7 @@ impl FederationBuilder {
             BTreeMap::new()
         };
         let server = self.hub_server.then(|| HubServer {
-            valkey_url: valkey.url(),
+            valkey_url: valkey_url.clone(),
             events: self.hub_events.clone(),
         });
         let dialled = addresses(&spokes, &proxies);
@@ -262,7 +296,8 @@ impl FederationBuilder {
             dir,
             valkey: Some(valkey),
             valkey_bin,
-            valkey_args: valkey_args.into_iter().map(String::from).collect(),
+            valkey_args,
+            valkey_auth,
             hub,
             hub_path,
             direct,
@@ -284,6 +319,8 @@ pub struct Federation {
     valkey: Option<Valkey>,
     valkey_bin: PathBuf,
     valkey_args: Vec<String>,
+    /// `?user=…&pass=…` when Valkey has an ACL user (see `valkey_user`).
+    valkey_auth: String,
     pub hub: HubConfig,
     pub hub_path: PathBuf,
     /// The hub config with the spokes' own addresses when some are behind proxies.
@@ -365,6 +402,7 @@ impl Federation {
             proxied: Vec::new(),
             labels: BTreeMap::new(),
             spoke_settings: BTreeMap::new(),
+            valkey_user: None,
         }
     }
 
@@ -372,8 +410,13 @@ impl Federation {
         self.dir.path()
     }
 
+    /// The URL hub and spokes use, with the ACL user's credentials if there is one.
     pub fn valkey_url(&self) -> String {
-        self.valkey.as_ref().expect("valkey running").url()
+        format!(
+            "{}{}",
+            self.valkey.as_ref().expect("valkey running").url(),
+            self.valkey_auth
+        )
     }
 
     pub fn spoke_addr(&self, id: &str) -> SocketAddr {

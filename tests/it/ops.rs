@@ -490,3 +490,101 @@ async fn the_hub_counts_commands_requests_upstreams_watchers_and_token_reloads()
     })
     .await;
 }
+
+#[tokio::test]
+async fn hub_and_spoke_use_a_valkey_acl_user_and_a_wrong_password_is_a_clear_start_error() {
+    use mosaic_shared::pb::admin::v1 as admin;
+    let fed = Federation::builder()
+        .spoke("a")
+        .hub_server()
+        .valkey_user("mosaic", "s3cret-pw")
+        .start()
+        .await
+        .unwrap();
+    // Without the user, Valkey refuses: the default user is off.
+    let anonymous = fed.valkey_url().split('?').next().unwrap().to_owned();
+    let refused = async {
+        let client = redis::Client::open(anonymous.as_str())?;
+        let mut con = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut con).await
+    }
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // Through the hub: spawn, run, events; both processes work as the ACL user.
+    let mut c = fed.admin().await.unwrap();
+    let job = c
+        .spawn(authed(
+            &fed.token("operator"),
+            admin::SpawnRequest {
+                spoke_id: "a".into(),
+                spawn: Some(pb::Spawn {
+                    profile: "echo".into(),
+                    workspace: "ws-test".into(),
+                    args: vec!["hi".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .job_id;
+    let mut watch = c
+        .watch(authed(
+            &fed.token("operator"),
+            admin::WatchRequest {
+                scope: Some(admin::watch_request::Scope::JobId(job.clone())),
+                start: Some(admin::watch_request::Start::FromOldest(true)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let item = tokio::time::timeout_at(deadline.into(), watch.message())
+            .await
+            .expect("the job's completion arrives")
+            .unwrap()
+            .unwrap();
+        if let Some(admin::watch_response::Item::Event(e)) = item.item
+            && e.r#type() == pb::EventType::JobCompleted
+        {
+            break;
+        }
+    }
+
+    // A spoke with a wrong password stops at start-up, says why, and never prints it.
+    let config = std::fs::read_to_string(fed.dir().join("a.toml")).unwrap();
+    let bad = fed.dir().join("bad.toml");
+    std::fs::write(&bad, config.replace("pass=s3cret-pw", "pass=not-it")).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(binary("mosaic-spoke"))
+            .args(["serve", "--config"])
+            .arg(&bad)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output(),
+    )
+    .await
+    .expect("the spoke gives up within 20 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("authentication failed")
+            && stderr.contains("check the user and password")
+            && stderr.contains("pass=***"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-it"),
+        "the password was printed: {stderr}"
+    );
+}

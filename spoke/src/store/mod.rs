@@ -199,7 +199,7 @@ impl Store {
             url: redact(url),
             reason,
         };
-        let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
+        let client = redis::Client::open(url).map_err(|e| unreachable(connect_failure(&e)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -207,11 +207,11 @@ impl Store {
         let mut con = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(connect_failure(&e)))?;
         let _: String = redis::cmd("PING")
             .query_async(&mut con)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(connect_failure(&e)))?;
         Ok(Store {
             con: retry::Retrying {
                 con,
@@ -350,12 +350,40 @@ pub fn attempt_state_after(kind: &str) -> Option<AgentState> {
 }
 
 /// A Valkey URL without its password, for messages and logs.
+/// Why connecting to Valkey failed, with what to do when it is the credentials.
+pub fn connect_failure(e: &redis::RedisError) -> String {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.to_string().contains("WRONGPASS")
+        || e.to_string().contains("NOAUTH")
+    {
+        format!(
+            "authentication failed ({e}); check the user and password in the URL (redis://user:password@host:port, unix:///path?user=…&pass=…) or VALKEY_USERNAME / VALKEY_PASSWORD"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    // unix:///path?user=…&pass=… carries the password as a query parameter.
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("pass", _)) => "pass=***".to_owned(),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
     }
 }
 
@@ -367,5 +395,10 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("redis://:pw@h:6379"), "redis://***@h:6379");
         assert_eq!(redact("unix:///tmp/v.sock"), "unix:///tmp/v.sock");
+        assert_eq!(
+            redact("unix:///tmp/v.sock?user=m&pass=s3cret&db=1"),
+            "unix:///tmp/v.sock?user=m&pass=***&db=1"
+        );
+        assert_eq!(redact("redis://m:s3cret@h:6379"), "redis://***@h:6379");
     }
 }
