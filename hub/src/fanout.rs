@@ -185,12 +185,8 @@ impl Fanout {
         }
         self.subscribers.inc();
         let _open = Open(&self.subscribers);
-        // A watcher that hangs up is noticed at once, not at the next event in its scope.
-        tokio::select! {
-            ended = self.watch_inner(scope, start, out) => match ended {
-                Ok(end) | Err(end) => end,
-            },
-            () = out.closed() => WatchEnd::Left,
+        match self.watch_inner(scope, start, out).await {
+            Ok(end) | Err(end) => end,
         }
     }
 

@@ -257,11 +257,7 @@ async fn watch_health(
                 )),
             }
         };
-        ready.send_if_modified(|r| {
-            let changed = *r != now;
-            *r = now;
-            changed
-        });
+        now.publish(&ready);
         tokio::select! {
             () = tokio::time::sleep(HEALTH_EVERY) => {}
             _ = stopping.wait_for(|s| *s) => {

@@ -36,6 +36,16 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         matches!(self, Readiness::Ready)
     }
+
+    /// Puts `self` in `ready`, waking its watchers (the gRPC health follower) only on a
+    /// change.
+    pub fn publish(self, ready: &watch::Sender<Readiness>) {
+        ready.send_if_modified(|r| {
+            let changed = *r != self;
+            *r = self;
+            changed
+        });
+    }
 }
 
 /// The label of metrics about a reloadable piece of material.

@@ -8,7 +8,11 @@
 //! costs nothing.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
+
+use crate::config::ConfigError;
+use crate::ops::CommonMetrics;
 
 /// How often watched files are examined.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -75,6 +79,96 @@ pub async fn next_change(watched: &Watched, hangups: &mut Hangups) -> &'static s
                 }
             }
             () = hangups.next() => return "SIGHUP",
+        }
+    }
+}
+
+/// The value in force of something a reload replaces (a config, a verifier, a TLS
+/// configuration): readers take a snapshot per use, and a reload swaps in a whole new value,
+/// never editing one in place.
+pub struct InForce<T>(Arc<RwLock<Arc<T>>>);
+
+impl<T> Clone for InForce<T> {
+    fn clone(&self) -> Self {
+        InForce(Arc::clone(&self.0))
+    }
+}
+
+impl<T> InForce<T> {
+    pub fn new(value: T) -> Self {
+        InForce(Arc::new(RwLock::new(Arc::new(value))))
+    }
+
+    pub fn current(&self) -> Arc<T> {
+        // Held only to clone or swap an Arc; a poisoned lock still holds a whole value.
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `value` in force for every snapshot taken from now on.
+    pub fn replace(&self, value: T) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+    }
+}
+
+/// Which material a failed config load concerns, for the metrics' `what`: the first of
+/// `by_field` (field prefix, what) whose prefix the refused field has, else `config`.
+pub fn concerns(e: &ConfigError, by_field: &[(&str, &'static str)]) -> &'static str {
+    match e {
+        ConfigError::Invalid { field, .. } => by_field
+            .iter()
+            .find(|(prefix, _)| field.starts_with(prefix))
+            .map_or("config", |(_, what)| what),
+        _ => "config",
+    }
+}
+
+/// Why a reload failed: the material it concerns (`what`) and the error.
+pub type Failed = (&'static str, String);
+
+/// Reloads on a change among `files` or on SIGHUP, until the task is dropped.
+///
+/// `reload(cause)` reads everything again and puts it in force (logging what it did), and
+/// returns the files to watch from then on; or it changes nothing and says why. A failure is
+/// logged (`reload failed; the previous <material> stay in force`) and turns
+/// `mosaic_reload_ok{what}` to 0; a success sets every one of `whats` back to 1. Files are
+/// fingerprinted before each reload reads them, so a change during a read is seen at the next
+/// poll.
+pub async fn follow(
+    material: &str,
+    whats: &[&'static str],
+    config: &Path,
+    mut files: Vec<PathBuf>,
+    metrics: &CommonMetrics,
+    mut reload: impl FnMut(&'static str) -> Result<Vec<PathBuf>, Failed>,
+) {
+    let mut hangups = Hangups::install(material);
+    for what in whats {
+        metrics.reloaded(what, true);
+    }
+    let mut watched = Watched::new(files.clone());
+    loop {
+        let cause = next_change(&watched, &mut hangups).await;
+        watched = Watched::new(files.clone());
+        match reload(cause) {
+            Ok(now) => {
+                for what in whats {
+                    metrics.reloaded(what, true);
+                }
+                if now != files {
+                    files = now;
+                    watched = Watched::new(files.clone());
+                }
+            }
+            Err((what, error)) => {
+                metrics.reloaded(what, false);
+                tracing::error!(
+                    path = %config.display(),
+                    cause,
+                    %error,
+                    what,
+                    "reload failed; the previous {material} stay in force"
+                );
+            }
         }
     }
 }

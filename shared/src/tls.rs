@@ -690,6 +690,60 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A server's TLS configuration that can be replaced while it serves (certificate, key and CA
+/// bundle rotation): each new connection takes the configuration in force when it arrives,
+/// and open connections keep the one they began with.
+pub type ReloadableServerConfig = crate::reload::InForce<rustls::ServerConfig>;
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The TLS streams of `listener`'s connections, for tonic's `serve_with_incoming`: each TCP
+/// connection (with `TCP_NODELAY`) completes its handshake in a task of its own, within 10 s,
+/// with the configuration in force when it arrived. A refused handshake (no certificate, an
+/// unknown CA, a bad protocol) is logged with the peer's address and the reason, and the
+/// connection dropped. Accepting stops when the receiver is dropped.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    config: ReloadableServerConfig,
+) -> tokio::sync::mpsc::Receiver<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, within = ?HANDSHAKE_WITHIN, "TLS handshake not completed in time");
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,83 +813,4 @@ mod tests {
             Err(IdentityError::NoCertificate)
         );
     }
-}
-
-/// A server's TLS configuration that can be replaced while it serves (certificate, key and CA
-/// bundle rotation): each new connection takes the configuration in force when it arrives,
-/// and open connections keep the one they began with.
-#[derive(Clone)]
-pub struct ReloadableServerConfig(Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>);
-
-impl ReloadableServerConfig {
-    pub fn new(config: rustls::ServerConfig) -> Self {
-        ReloadableServerConfig(Arc::new(std::sync::RwLock::new(Arc::new(config))))
-    }
-
-    /// Puts `config` in force for connections from now on.
-    pub fn replace(&self, config: rustls::ServerConfig) {
-        // Held only to swap an Arc; a poisoned lock still holds a whole config.
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
-    }
-
-    pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        Arc::clone(
-            &self
-                .0
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-}
-
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
-
-/// The TLS streams of `listener`'s connections, for tonic's `serve_with_incoming`: each TCP
-/// connection (with `TCP_NODELAY`) completes its handshake in a task of its own, within 10 s,
-/// with the configuration in force when it arrived. A refused handshake (no certificate, an
-/// unknown CA, a bad protocol) is logged with the peer's address and the reason, and the
-/// connection dropped. Accepting stops when the receiver is dropped.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-    config: ReloadableServerConfig,
-) -> tokio::sync::mpsc::Receiver<
-    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = tx.closed() => return,
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "TLS handshake refused");
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, within = ?HANDSHAKE_WITHIN, "TLS handshake not completed in time");
-                    }
-                }
-            });
-        }
-    });
-    rx
 }

@@ -24,7 +24,7 @@ use crate::command::Action;
 use crate::config::SpokeConfig;
 use crate::events::{Cursor, Filter};
 use crate::job::JobState;
-use crate::metrics::{ReasonLabel, SpokeMetrics};
+use crate::metrics::SpokeMetrics;
 use crate::profile::{self, PlanError};
 use crate::runner::{KillOutcome, Stop, Supervisor};
 use crate::store::{AgentRecord, Claim, Guarded, JobRecord, NewJob, Store, StoreError};
@@ -191,10 +191,7 @@ impl Inner {
             .current()
             .peer_hub(certs.as_deref().map(|c| c.as_slice()))
             .map_err(|e| {
-                self.metrics
-                    .verification_failures
-                    .get_or_create(&ReasonLabel { reason: e.reason() })
-                    .inc();
+                self.metrics.verification_failed(e.reason());
                 Refusal::from(e).into_status()
             })
     }
@@ -212,10 +209,7 @@ impl Inner {
         let (cmd, hub) = match verified {
             Ok(v) => v,
             Err(e) => {
-                self.metrics
-                    .verification_failures
-                    .get_or_create(&ReasonLabel { reason: e.reason() })
-                    .inc();
+                self.metrics.verification_failed(e.reason());
                 return Err(e.into());
             }
         };

@@ -291,11 +291,7 @@ async fn watch_health(
             (grpc::Lifecycle::Serving, Err(e)) => Readiness::NotReady(e),
             (_, _) => Readiness::NotReady("draining before it stops".into()),
         };
-        ready.send_if_modified(|r| {
-            let changed = *r != now;
-            *r = now;
-            changed
-        });
+        now.publish(&ready);
         tokio::select! {
             () = tokio::time::sleep(HEALTH_EVERY) => {}
             changed = lifecycle.changed() => if changed.is_err() { return },

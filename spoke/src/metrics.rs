@@ -110,6 +110,12 @@ impl SpokeMetrics {
         m
     }
 
+    pub fn verification_failed(&self, reason: &'static str) {
+        self.verification_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     pub fn command(&self, verb: &'static str, outcome: &'static str) {
         self.commands
             .get_or_create(&CommandLabels { verb, outcome })

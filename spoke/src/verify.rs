@@ -121,33 +121,7 @@ impl VerifyError {
 
 /// The verifier in force, replaced when the trusted hubs or keys are reloaded; a command is
 /// checked against the one in force when it arrived.
-#[derive(Clone)]
-pub struct SharedVerifier(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Verifier>>>);
-
-impl SharedVerifier {
-    pub fn new(v: Verifier) -> Self {
-        SharedVerifier(std::sync::Arc::new(std::sync::RwLock::new(
-            std::sync::Arc::new(v),
-        )))
-    }
-
-    pub fn current(&self) -> std::sync::Arc<Verifier> {
-        // Held only to clone or swap an Arc; a poisoned lock still holds a whole verifier.
-        std::sync::Arc::clone(
-            &self
-                .0
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-
-    pub fn replace(&self, v: Verifier) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(v);
-    }
-}
+pub type SharedVerifier = mosaic_shared::reload::InForce<Verifier>;
 
 /// What the chain checks against; built from config (again at each reload).
 #[derive(Debug)]
