@@ -1247,6 +1247,80 @@ pub fn hub_cli_as(fed: &Federation, token: &str, args: &[&str]) -> (i32, String,
     )
 }
 
+/// A plain HTTP/1.1 GET (the ops port); the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_owned())
+}
+
+type AdminClient = mosaic_shared::pb::admin::v1::admin_client::AdminClient<Channel>;
+
+/// Spawns `profile` with `args` in workspace `ws-test` on `spoke` through the admin API as
+/// `token`; the job's id.
+pub async fn admin_spawn(
+    c: &mut AdminClient,
+    token: &str,
+    spoke: &str,
+    profile: &str,
+    args: &[&str],
+) -> String {
+    use mosaic_shared::pb::admin::v1 as admin;
+    c.spawn(authed(
+        token,
+        admin::SpawnRequest {
+            spoke_id: spoke.into(),
+            spawn: Some(pb::Spawn {
+                profile: profile.into(),
+                workspace: "ws-test".into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .job
+    .unwrap()
+    .job_id
+}
+
+/// A watch of one job from its oldest event, as `token`.
+pub async fn admin_watch_job(
+    c: &mut AdminClient,
+    token: &str,
+    job: &str,
+) -> tonic::Streaming<mosaic_shared::pb::admin::v1::WatchResponse> {
+    use mosaic_shared::pb::admin::v1 as admin;
+    c.watch(authed(
+        token,
+        admin::WatchRequest {
+            scope: Some(admin::watch_request::Scope::JobId(job.into())),
+            start: Some(admin::watch_request::Start::FromOldest(true)),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// An admin API request carrying `token` as its bearer token.
 pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);

@@ -9,29 +9,8 @@ use mosaic_hub::config::HubConfig;
 use mosaic_hub::spokes::{SpokeClient, SpokeError};
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_tests::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::scheduler::{ledger, max_overlap, witness};
-
-/// A plain HTTP/1.1 GET; the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_owned())
-}
 
 /// The value of the sample named `series` (with its labels, as printed), if present.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
@@ -363,24 +342,7 @@ async fn the_hub_counts_commands_requests_upstreams_watchers_and_token_reloads()
     assert_eq!(grpc_health(ops, "mosaic.admin.v1.Admin").await, SERVING);
 
     let mut c = fed.admin().await.unwrap();
-    let spawn = admin::SpawnRequest {
-        spoke_id: "a".into(),
-        spawn: Some(pb::Spawn {
-            profile: "echo".into(),
-            workspace: "ws-test".into(),
-            args: vec!["hi".into()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let job = c
-        .spawn(authed(&fed.token("operator"), spawn))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-        .job_id;
+    let job = admin_spawn(&mut c, &fed.token("operator"), "a", "echo", &["hi"]).await;
     // A viewer may not spawn: counted with its code.
     let refused = c
         .spawn(authed(
@@ -410,18 +372,7 @@ async fn the_hub_counts_commands_requests_upstreams_watchers_and_token_reloads()
         .unwrap();
     assert_eq!(code, 200);
     // A watch open now is counted while it lasts.
-    let mut watch = c
-        .watch(authed(
-            &fed.token("operator"),
-            admin::WatchRequest {
-                scope: Some(admin::watch_request::Scope::JobId(job.clone())),
-                start: Some(admin::watch_request::Start::FromOldest(true)),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = admin_watch_job(&mut c, &fed.token("operator"), &job).await;
     watch.message().await.unwrap().unwrap();
 
     let (_, m) = wait_http(ops, "/metrics", Duration::from_secs(10), |_, b| {
@@ -513,38 +464,8 @@ async fn hub_and_spoke_use_a_valkey_acl_user_and_a_wrong_password_is_a_clear_sta
 
     // Through the hub: spawn, run, events; both processes work as the ACL user.
     let mut c = fed.admin().await.unwrap();
-    let job = c
-        .spawn(authed(
-            &fed.token("operator"),
-            admin::SpawnRequest {
-                spoke_id: "a".into(),
-                spawn: Some(pb::Spawn {
-                    profile: "echo".into(),
-                    workspace: "ws-test".into(),
-                    args: vec!["hi".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-        .job_id;
-    let mut watch = c
-        .watch(authed(
-            &fed.token("operator"),
-            admin::WatchRequest {
-                scope: Some(admin::watch_request::Scope::JobId(job.clone())),
-                start: Some(admin::watch_request::Start::FromOldest(true)),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let job = admin_spawn(&mut c, &fed.token("operator"), "a", "echo", &["hi"]).await;
+    let mut watch = admin_watch_job(&mut c, &fed.token("operator"), &job).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let item = tokio::time::timeout_at(deadline.into(), watch.message())

@@ -17,16 +17,7 @@ use mosaic_tests::*;
 
 /// The metrics text of the spoke's ops port.
 async fn spoke_metrics(fed: &Federation) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(fed.spoke_ops_addr("a"))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    http_get(fed.spoke_ops_addr("a"), "/metrics").await.1
 }
 
 async fn wait_metric(fed: &Federation, line: &str) {
@@ -60,26 +51,32 @@ fn hub_config_with(fed: &Federation, name: &str, cert: &str, key: &str, ca: &str
     HubConfig::load(&path, &Default::default()).unwrap()
 }
 
-/// The DER of the certificate the spoke presents to a new connection now.
-async fn served_certificate(fed: &Federation, material: &TlsMaterial) -> Vec<u8> {
-    let expected = SpiffeId::new(TRUST_DOMAIN, Role::Spoke, "a");
-    let config = material.rustls_client_config(expected.clone()).unwrap();
+/// The DER of the certificate the server at `addr` presents to a new connection now, checked
+/// as `expected` against `material`'s CA bundle.
+async fn served_certificate(
+    addr: std::net::SocketAddr,
+    expected: SpiffeId,
+    material: &TlsMaterial,
+) -> Vec<u8> {
+    let config = material.rustls_client_config(expected).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(fed.spoke_addr("a"))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("spoke").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("peer").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-fn first_cert_der(pem_path: &std::path::Path) -> Vec<u8> {
-    let pem = std::fs::read(pem_path).unwrap();
+/// The DER of the first certificate in a PEM file's bytes.
+fn first_cert_der(pem: &[u8]) -> Vec<u8> {
     rustls_pemfile::certs(&mut &pem[..])
         .next()
         .unwrap()
         .unwrap()
         .to_vec()
+}
+
+fn spoke_identity() -> SpiffeId {
+    SpiffeId::new(TRUST_DOMAIN, Role::Spoke, "a")
 }
 
 /// RFC 3339 (UTC) of a unix time in seconds.
@@ -219,8 +216,8 @@ async fn certificates_ca_bundles_and_trusted_keys_rotate_under_load_without_a_re
         fed.spoke_log("a")
     );
     assert_eq!(
-        served_certificate(&fed, &fed.hub_tls(HUB)).await,
-        first_cert_der_bytes(&good_cert)
+        served_certificate(fed.spoke_addr("a"), spoke_identity(), &fed.hub_tls(HUB)).await,
+        first_cert_der(&good_cert)
     );
     std::fs::write(&spoke_cert, &good_cert).unwrap();
     wait_metric(&fed, "mosaic_reload_ok{what=\"tls\"} 1").await;
@@ -256,9 +253,9 @@ async fn certificates_ca_bundles_and_trusted_keys_rotate_under_load_without_a_re
         ca: both.clone(),
     })
     .unwrap();
-    let want = first_cert_der(&new_spoke_cert);
+    let want = first_cert_der(&std::fs::read(&new_spoke_cert).unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while served_certificate(&fed, &both_cas).await != want {
+    while served_certificate(fed.spoke_addr("a"), spoke_identity(), &both_cas).await != want {
         assert!(
             Instant::now() < deadline,
             "the spoke still serves its old certificate"
@@ -345,14 +342,6 @@ async fn certificates_ca_bundles_and_trusted_keys_rotate_under_load_without_a_re
     assert_eq!(job.state(), pb::JobState::Completed);
 }
 
-fn first_cert_der_bytes(pem: &[u8]) -> Vec<u8> {
-    rustls_pemfile::certs(&mut &pem[..])
-        .next()
-        .unwrap()
-        .unwrap()
-        .to_vec()
-}
-
 #[tokio::test]
 async fn the_hub_rotates_its_signing_key_and_certificate_under_load_without_a_refusal() {
     use mosaic_shared::pb::admin::v1 as admin;
@@ -365,26 +354,7 @@ async fn the_hub_rotates_its_signing_key_and_certificate_under_load_without_a_re
     let root = fed.dir().to_owned();
     let mut c = fed.admin().await.unwrap();
     let token = fed.token("operator");
-    let job = c
-        .spawn(authed(
-            &token,
-            admin::SpawnRequest {
-                spoke_id: "a".into(),
-                spawn: Some(pb::Spawn {
-                    profile: "echo".into(),
-                    workspace: "ws-test".into(),
-                    args: vec!["hi".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-        .job_id;
+    let job = admin_spawn(&mut c, &token, "a", "echo", &["hi"]).await;
 
     // Load: status through the hub (each one a command the hub signs), on fresh connections.
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -502,10 +472,11 @@ async fn the_hub_rotates_its_signing_key_and_certificate_under_load_without_a_re
     std::fs::copy(root.join("pki2").join(&cert), root.join("pki/cert.tmp")).unwrap();
     std::fs::rename(root.join("pki/key.tmp"), root.join("pki").join(&key)).unwrap();
     std::fs::rename(root.join("pki/cert.tmp"), root.join("pki").join(&cert)).unwrap();
-    let want = first_cert_der(&root.join("pki2").join(&cert));
+    let want = first_cert_der(&std::fs::read(root.join("pki2").join(&cert)).unwrap());
     let trust = TlsMaterial::trust_only(&ca).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while served_by_hub(fed.hub_addr(), &trust).await != want {
+    let hub_identity = SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB);
+    while served_certificate(fed.hub_addr(), hub_identity.clone(), &trust).await != want {
         assert!(
             Instant::now() < deadline,
             "the hub still serves its old certificate"
@@ -565,17 +536,4 @@ async fn wait_log(log: impl Fn() -> String, needle: &str, times: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The DER of the certificate the hub's admin gRPC port presents to a new connection.
-async fn served_by_hub(addr: std::net::SocketAddr, trust: &TlsMaterial) -> Vec<u8> {
-    let mut config = trust
-        .rustls_client_config(SpiffeId::new(TRUST_DOMAIN, Role::Hub, HUB))
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("hub").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
