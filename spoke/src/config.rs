@@ -549,33 +549,18 @@ impl SpokeConfig {
 
 /// A TOML date-time with an offset as unix milliseconds.
 fn unix_ms_of(d: &toml::value::Datetime) -> Result<i64, String> {
-    let (Some(date), Some(time), Some(offset)) = (d.date, d.time, d.offset) else {
+    if d.date.is_none() || d.time.is_none() || d.offset.is_none() {
         return Err(format!(
             "not_after = {d} needs a date, a time and an offset, e.g. 2027-01-01T00:00:00Z"
         ));
-    };
-    // Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's
-    // days_from_civil).
-    let (y, m, day) = (
-        i64::from(date.year) - i64::from(date.month <= 2),
-        i64::from(date.month),
-        i64::from(date.day),
-    );
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let offset_minutes = match offset {
-        toml::value::Offset::Z => 0,
-        toml::value::Offset::Custom { minutes } => i64::from(minutes),
-    };
-    let seconds = days * 86_400
-        + i64::from(time.hour) * 3600
-        + i64::from(time.minute) * 60
-        + i64::from(time.second.unwrap_or(0))
-        - offset_minutes * 60;
-    Ok(seconds * 1000 + i64::from(time.nanosecond.unwrap_or(0) / 1_000_000))
+    }
+    let t = time::OffsetDateTime::parse(
+        &d.to_string(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|e| format!("not_after = {d}: {e}"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| format!("not_after = {d} is out of range"))
 }
 
 fn is_executable_file(path: &Path) -> bool {
