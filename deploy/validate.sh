@@ -169,7 +169,8 @@ check "dashboard metrics and labels" "$py" deploy/validate/check.py grafana
 
 # --- shell and YAML ---------------------------------------------------------------------------
 section "shell and YAML"
-check "shellcheck" "$venv/bin/shellcheck" deploy/compose/pki-init.sh deploy/validate.sh
+check "shellcheck" "$venv/bin/shellcheck" deploy/compose/pki-init.sh deploy/validate.sh \
+  deploy/ensure-valkey.sh deploy/ensure-valkey-tls.sh deploy/test.sh deploy/dev.sh
 check "yamllint" "$venv/bin/yamllint" --strict -c deploy/validate/yamllint.yaml \
   deploy/compose/compose.yaml deploy/k8s deploy/docker/hadolint.yaml
 

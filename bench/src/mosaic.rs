@@ -41,7 +41,11 @@ pub enum Agent<'a> {
 
 /// Enqueues `jobs` no-op jobs with [`IN_FLIGHT`] `Store::enqueue` calls outstanding.
 pub async fn enqueue(fx: &Fixture, jobs: usize) -> anyhow::Result<Measured> {
-    let store = Store::connect(&fx.valkey_url(), &fx.spoke_id()).await?;
+    let store = Store::connect(
+        &mosaic_shared::valkey::Target::single(fx.valkey_url()),
+        &fx.spoke_id(),
+    )
+    .await?;
     let meter = Meter::start(fx).await?;
     fill(&store, NOOP_PROFILE, jobs).await?;
     let measured = meter.finish(fx, jobs).await?;
@@ -65,7 +69,11 @@ pub async fn end_to_end(
         Agent::Program(p) => (PROGRAM_PROFILE, Some(p)),
     };
     let config = fx.spoke_config(concurrency, program)?;
-    let store = Store::connect(&fx.valkey_url(), &fx.spoke_id()).await?;
+    let store = Store::connect(
+        &mosaic_shared::valkey::Target::single(fx.valkey_url()),
+        &fx.spoke_id(),
+    )
+    .await?;
     fill(&store, profile, jobs).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (stop, stopped) = watch::channel(false);

@@ -16,9 +16,9 @@ use mosaic_shared::ids::{CommandId, JobId, SpokeId, WorkspaceId};
 use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::signing::{Domain, PublicKey};
+use mosaic_shared::valkey::Connection;
 use prost::Message as _;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::store::{HubStore, StoreError};
 
@@ -112,7 +112,7 @@ pub struct Placement {
 
 #[derive(Clone)]
 pub struct AuditStore {
-    con: ConnectionManager,
+    con: Connection,
     index: String,
     records: String,
     placed: String,

@@ -38,6 +38,11 @@ struct Raw {
     ops_listen: Option<SocketAddr>,
     /// The hub's own Valkey (event log, upstream cursors, job snapshots).
     valkey_url: Option<String>,
+    /// The hub's Valkey is a cluster (`valkey_url` names one of its nodes).
+    #[serde(default)]
+    valkey_cluster: bool,
+    /// TLS material for a `rediss://` `valkey_url`.
+    valkey_tls: Option<mosaic_shared::valkey::RawTls>,
     /// The admin API's tokens file (see `auth`).
     tokens: Option<PathBuf>,
     #[serde(default)]
@@ -106,7 +111,8 @@ pub struct ServeConfig {
     pub http_listen: Option<SocketAddr>,
     /// The plaintext operations port (metrics, health); none: not served.
     pub ops_listen: Option<SocketAddr>,
-    pub valkey_url: String,
+    /// The hub's own Valkey: `valkey_url`, `valkey_cluster` and `[valkey_tls]`.
+    pub valkey: mosaic_shared::valkey::Target,
     pub tokens: PathBuf,
 }
 
@@ -232,11 +238,18 @@ impl HubConfig {
                 "tokens",
                 "the admin API's tokens file (see `mosaic-hub token new`)",
             )),
-            (Some(listen), Some(valkey_url), Some(tokens)) => Ok(ServeConfig {
+            (Some(listen), Some(valkey_url), Some(tokens)) => mosaic_shared::valkey::Target::new(
+                valkey_url,
+                raw.valkey_cluster,
+                raw.valkey_tls.as_ref(),
+                base,
+            )
+            .map_err(|(field, message)| invalid(field, message))
+            .map(|valkey| ServeConfig {
                 listen,
                 http_listen: raw.http_listen,
                 ops_listen: raw.ops_listen,
-                valkey_url,
+                valkey,
                 tokens: config::resolve(base, &tokens),
             }),
         };

@@ -67,7 +67,7 @@ pub async fn run(
         crate::auth::POLL_INTERVAL,
         metrics.common.clone(),
     ));
-    let store = HubStore::connect(&serve.valkey_url, &config.hub_id).await?;
+    let store = HubStore::connect(&serve.valkey, &config.hub_id).await?;
     let (stop, stopping) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let live = Live::new(config);

@@ -14,10 +14,9 @@ use mosaic_shared::ids::{HubId, SpokeId};
 use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_shared::stream::{EntryId, TRIM_SCRIPT};
-use mosaic_spoke::store::connect_failure;
+use mosaic_shared::valkey::{Connection, Purpose, Target};
 use prost::Message as _;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 /// Most entries read from the log per call.
 pub const READ_BATCH: usize = 512;
@@ -115,9 +114,9 @@ pub enum LogKind {
 
 #[derive(Clone)]
 pub struct HubStore {
-    con: ConnectionManager,
+    con: Connection,
     /// For connections of their own (blocking log reads).
-    client: redis::Client,
+    target: Target,
     prefix: String,
     append: Script,
     gap: Script,
@@ -126,27 +125,18 @@ pub struct HubStore {
 }
 
 impl HubStore {
-    pub async fn connect(url: &str, hub: &HubId) -> Result<Self, StoreError> {
-        let unreachable = |reason: String| StoreError::Unreachable {
-            url: mosaic_spoke::store::redact(url),
-            reason,
-        };
-        let client = redis::Client::open(url).map_err(|e| unreachable(connect_failure(&e)))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(3);
-        let mut con = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| unreachable(connect_failure(&e)))?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut con)
-            .await
-            .map_err(|e| unreachable(connect_failure(&e)))?;
+    pub async fn connect(target: &Target, hub: &HubId) -> Result<Self, StoreError> {
+        let con =
+            target
+                .connect(Purpose::Shared)
+                .await
+                .map_err(|reason| StoreError::Unreachable {
+                    url: target.redacted(),
+                    reason,
+                })?;
         Ok(HubStore {
             con,
-            client,
+            target: target.clone(),
             prefix: format!("mosaic:{{hub-{hub}}}:"),
             append: Script::new(APPEND),
             gap: Script::new(GAP),
@@ -186,7 +176,7 @@ impl HubStore {
     }
 
     /// A handle on the hub's Valkey connection (multiplexed; cloning is cheap).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.con.clone()
     }
 
@@ -364,14 +354,15 @@ impl HubStore {
 
     /// A reader of the log with a connection of its own (its blocking reads hold up no one).
     pub async fn log_reader(&self) -> Result<LogReader, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(None);
         Ok(LogReader {
             con: self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?,
+                .target
+                .connect(Purpose::Blocking)
+                .await
+                .map_err(|reason| StoreError::Unreachable {
+                    url: self.target.redacted(),
+                    reason,
+                })?,
             log: self.log(),
             trimmed: self.log_trimmed(),
         })
@@ -384,7 +375,7 @@ type Newest = Vec<(String, HashMap<String, redis::Value>)>;
 
 /// Reads the hub's log in order.
 pub struct LogReader {
-    con: redis::aio::MultiplexedConnection,
+    con: Connection,
     log: String,
     trimmed: String,
 }

@@ -13,6 +13,7 @@
 //! - [`reload`]: noticing changed files (polled fingerprints) and SIGHUP.
 //! - [`telemetry`]: tracing setup.
 //! - [`time`]: wall-clock unix milliseconds.
+//! - [`valkey`]: connecting to Valkey (one server or a cluster, TLS or not).
 
 pub mod config;
 pub mod ids;
@@ -23,6 +24,7 @@ pub mod stream;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod valkey;
 
 pub mod pb {
     //! Generated code. Clippy's pedantry does not apply to it.

@@ -26,6 +26,9 @@ struct Raw {
     trust_domain: String,
     listen: SocketAddr,
     valkey_url: Option<String>,
+    #[serde(default)]
+    valkey_cluster: bool,
+    valkey_tls: Option<mosaic_shared::valkey::RawTls>,
     receipt_key: PathBuf,
     #[serde(default = "default_clock_skew_ms")]
     clock_skew_ms: u64,
@@ -234,7 +237,8 @@ pub struct SpokeConfig {
     pub spoke_id: SpokeId,
     pub trust_domain: String,
     pub listen: SocketAddr,
-    pub valkey_url: String,
+    /// Where the spoke's Valkey is: `valkey_url`, `valkey_cluster` and `[valkey_tls]`.
+    pub valkey: mosaic_shared::valkey::Target,
     pub receipt_key: Arc<KeyPair>,
     /// How far a command's validity window may be off from our clock and still be accepted.
     pub clock_skew: Duration,
@@ -271,6 +275,13 @@ impl SpokeConfig {
             .valkey_url()
             .or(raw.valkey_url)
             .ok_or_else(|| invalid("valkey_url", "not set; set it in the file or MOSAIC_VALKEY_URL (redis://host:port, rediss://…, unix:///path)".into()))?;
+        let valkey = mosaic_shared::valkey::Target::new(
+            valkey_url,
+            raw.valkey_cluster,
+            raw.valkey_tls.as_ref(),
+            base,
+        )
+        .map_err(|(field, message)| invalid(field, message))?;
         tls::check_trust_domain(&raw.trust_domain).map_err(|e| invalid("trust_domain", e))?;
         if raw.clock_skew_ms > 600_000 {
             return Err(invalid(
@@ -529,7 +540,7 @@ impl SpokeConfig {
             spoke_id: raw.spoke_id,
             trust_domain: raw.trust_domain,
             listen: raw.listen,
-            valkey_url,
+            valkey,
             receipt_key: Arc::new(receipt_key),
             clock_skew: Duration::from_millis(raw.clock_skew_ms),
             max_command_validity: Duration::from_millis(raw.max_command_validity_ms),

@@ -72,7 +72,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    let store = store::Store::connect(&config.valkey_url, &config.spoke_id).await?;
+    let store = store::Store::connect(&config.valkey, &config.spoke_id).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let max_grace = config
         .profiles

@@ -8,6 +8,7 @@
 //! this test (`cargo build --workspace --bins` first; `deploy/test.sh` does).
 
 pub mod proxy;
+pub mod valkey;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -101,6 +102,18 @@ pub struct FederationBuilder {
     spoke_settings: BTreeMap<String, String>,
     /// An ACL user (name, password) for Valkey, whose default user is then off.
     valkey_user: Option<(String, String)>,
+    topology: Topology,
+}
+
+/// What the test's Valkey is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// One server on a unix socket.
+    Single,
+    /// A cluster of this many primaries on loopback TCP.
+    Cluster(usize),
+    /// One server that speaks only TLS on loopback and requires client certificates.
+    Tls,
 }
 
 impl FederationBuilder {
@@ -164,6 +177,20 @@ impl FederationBuilder {
     }
 
     /// Runs Valkey with AOF (`appendfsync always`), for tests that restart it.
+    /// Valkey is a cluster of `nodes` primaries (real `valkey-server` processes in cluster
+    /// mode), which hub and spokes reach with `valkey_cluster = true`.
+    pub fn valkey_cluster(mut self, nodes: usize) -> Self {
+        self.topology = Topology::Cluster(nodes);
+        self
+    }
+
+    /// Valkey speaks only TLS (`rediss://`) and requires a client certificate; hub and spokes
+    /// get `[valkey_tls]`. Needs `$MOSAIC_VALKEY_TLS_SERVER` (see `valkey::find_tls_server`).
+    pub fn valkey_tls(mut self) -> Self {
+        self.topology = Topology::Tls;
+        self
+    }
+
     pub fn persistent_valkey(mut self) -> Self {
         self.persistent = true;
         self
@@ -202,9 +229,39 @@ impl FederationBuilder {
             }
             None => String::new(),
         };
-        let args: Vec<&str> = valkey_args.iter().map(String::as_str).collect();
-        let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &args).await?;
-        let valkey_url = format!("{}{valkey_auth}", valkey.url());
+        let mut valkey_bin = valkey_bin;
+        let (valkey, cluster, valkey_toml) = match self.topology {
+            Topology::Single => {
+                let args: Vec<&str> = valkey_args.iter().map(String::as_str).collect();
+                let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &args).await?;
+                let url = format!("{}{valkey_auth}", valkey.url());
+                (Some(valkey), None, valkey::ValkeyToml::plain(url))
+            }
+            Topology::Cluster(n) => {
+                let cluster =
+                    valkey::ValkeyCluster::start(&valkey_bin, &root.join("valkey"), n).await?;
+                let toml = valkey::ValkeyToml {
+                    url: cluster.url(),
+                    cluster: true,
+                    tls: None,
+                };
+                (None, Some(cluster), toml)
+            }
+            Topology::Tls => {
+                valkey_bin = valkey::find_tls_server(&env)?;
+                let files = valkey::TlsFiles::make(&root.join("valkey-tls"))?;
+                let port = valkey::free_port()?;
+                valkey_args.extend(files.server_args(port));
+                let args: Vec<&str> = valkey_args.iter().map(String::as_str).collect();
+                let valkey = Valkey::start(&valkey_bin, &root.join("valkey"), &args).await?;
+                let toml = valkey::ValkeyToml {
+                    url: format!("rediss://127.0.0.1:{port}{valkey_auth}"),
+                    cluster: false,
+                    tls: Some(files),
+                };
+                (Some(valkey), None, toml)
+            }
+        };
 
         certs::init(
             &root.join("pki"),
@@ -239,7 +296,7 @@ impl FederationBuilder {
                 spoke_toml(
                     id,
                     &root,
-                    &valkey_url,
+                    &valkey_toml,
                     &self.profiles,
                     &self.queue,
                     &self.spoke_settings,
@@ -267,7 +324,7 @@ impl FederationBuilder {
             BTreeMap::new()
         };
         let server = self.hub_server.then(|| HubServer {
-            valkey_url: valkey_url.clone(),
+            valkey: valkey_toml.clone(),
             events: self.hub_events.clone(),
         });
         let dialled = addresses(&spokes, &proxies);
@@ -294,7 +351,9 @@ impl FederationBuilder {
         };
         let mut fed = Federation {
             dir,
-            valkey: Some(valkey),
+            valkey,
+            cluster,
+            valkey_toml,
             valkey_bin,
             valkey_args,
             valkey_auth,
@@ -317,6 +376,10 @@ impl FederationBuilder {
 pub struct Federation {
     dir: tempfile::TempDir,
     valkey: Option<Valkey>,
+    /// The cluster, when the builder asked for one (`valkey` is then none).
+    cluster: Option<valkey::ValkeyCluster>,
+    /// How hub and spokes reach Valkey.
+    valkey_toml: valkey::ValkeyToml,
     valkey_bin: PathBuf,
     valkey_args: Vec<String>,
     /// `?user=…&pass=…` when Valkey has an ACL user (see `valkey_user`).
@@ -336,7 +399,7 @@ pub struct Federation {
 /// What hub.toml needs for `serve`.
 #[derive(Clone)]
 struct HubServer {
-    valkey_url: String,
+    valkey: valkey::ValkeyToml,
     events: Vec<String>,
 }
 
@@ -403,6 +466,7 @@ impl Federation {
             labels: BTreeMap::new(),
             spoke_settings: BTreeMap::new(),
             valkey_user: None,
+            topology: Topology::Single,
         }
     }
 
@@ -412,6 +476,39 @@ impl Federation {
 
     /// The URL hub and spokes use, with the ACL user's credentials if there is one.
     pub fn valkey_url(&self) -> String {
+        self.valkey_toml.url.clone()
+    }
+
+    /// How hub and spokes reach Valkey (URL, cluster, TLS files), for a store of the test's own.
+    pub fn valkey_target(&self) -> mosaic_shared::valkey::Target {
+        let tls = self
+            .valkey_toml
+            .tls
+            .as_ref()
+            .map(|t| mosaic_shared::valkey::RawTls {
+                ca: Some(t.ca.clone()),
+                cert: Some(t.client_cert.clone()),
+                key: Some(t.client_key.clone()),
+            });
+        mosaic_shared::valkey::Target::new(
+            self.valkey_toml.url.clone(),
+            self.valkey_toml.cluster,
+            tls.as_ref(),
+            self.dir(),
+        )
+        .expect("the harness's Valkey settings are valid")
+    }
+
+    /// The cluster (see [`FederationBuilder::valkey_cluster`]).
+    pub fn cluster(&self) -> &valkey::ValkeyCluster {
+        self.cluster
+            .as_ref()
+            .expect("a federation with a Valkey cluster")
+    }
+
+    /// A plaintext URL of the single Valkey server (its unix socket), also when hub and
+    /// spokes reach it over TLS.
+    pub fn valkey_socket_url(&self) -> String {
         format!(
             "{}{}",
             self.valkey.as_ref().expect("valkey running").url(),
@@ -1111,7 +1208,7 @@ fn q(s: &str) -> String {
 fn spoke_toml(
     id: &str,
     root: &Path,
-    valkey_url: &str,
+    valkey: &valkey::ValkeyToml,
     profiles: &BTreeMap<String, ProfileSpec>,
     queue: &[String],
     settings: &BTreeMap<String, String>,
@@ -1126,14 +1223,14 @@ fn spoke_toml(
     top.extend(settings.clone());
     let top: String = top.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
     let mut s = format!(
-        "spoke_id = {id}\ntrust_domain = {td}\nlisten = \"127.0.0.1:0\"\nvalkey_url = {valkey}\n\
+        "spoke_id = {id}\ntrust_domain = {td}\nlisten = \"127.0.0.1:0\"\n{valkey}\
          receipt_key = {rk}\nclock_skew_ms = 5000\nmax_command_validity_ms = 600000\n{top}\n\
          [tls]\ncert = {cert}\nkey = {key}\nca = {ca}\n\n\
          [[trusted_hubs]]\nhub_id = {hub}\nkeys = [{hub_key}]\n\n\
          [[trusted_hubs]]\nhub_id = {other}\nkeys = [{other_key}]\n",
         id = q(id),
         td = q(TRUST_DOMAIN),
-        valkey = q(valkey_url),
+        valkey = valkey.top(),
         rk = path(root.join(format!("keys/{id}.pem"))),
         cert = path(pki.join(certs::cert_file(Role::Spoke, id))),
         key = path(pki.join(certs::key_file(Role::Spoke, id))),
@@ -1167,6 +1264,7 @@ fn spoke_toml(
             s.push('\n');
         }
     }
+    s.push_str(&valkey.table());
     s
 }
 
@@ -1187,9 +1285,9 @@ fn hub_toml(
     );
     if let Some(server) = server {
         s = format!(
-            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\nvalkey_url = {}\n\
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n{}\
              tokens = \"tokens.toml\"\n{s}",
-            q(&server.valkey_url)
+            server.valkey.top()
         );
     }
     for (id, addr) in spokes {
@@ -1207,6 +1305,9 @@ fn hub_toml(
             s.push_str(line);
             s.push('\n');
         }
+    }
+    if let Some(server) = server {
+        s.push_str(&server.valkey.table());
     }
     s
 }

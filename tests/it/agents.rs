@@ -9,9 +9,12 @@ use mosaic_spoke::store::Store;
 use mosaic_tests::*;
 
 async fn lifecycle(fed: &Federation, spoke: &str, agent: &str) -> Vec<(String, String)> {
-    let store = Store::connect(&fed.valkey_url(), &spoke_id(spoke))
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &mosaic_shared::valkey::Target::single(fed.valkey_url()),
+        &spoke_id(spoke),
+    )
+    .await
+    .unwrap();
     store
         .lifecycle_events(&agent.parse().unwrap())
         .await
@@ -351,9 +354,12 @@ async fn stopping_a_spoke_ends_its_attempts_and_requeues_their_jobs() {
         gone_within(pid, Duration::from_secs(2)).await,
         "agent {pid} outlived its spoke"
     );
-    let store = Store::connect(&fed.valkey_url(), &spoke_id("a"))
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &mosaic_shared::valkey::Target::single(fed.valkey_url()),
+        &spoke_id("a"),
+    )
+    .await
+    .unwrap();
     let (job, attempts) = store
         .job_with_attempts(&job_of(&r).job_id.parse().unwrap())
         .await

@@ -163,9 +163,12 @@ async fn a_cursor_older_than_retention_is_told_to_resync() {
     drop(stream);
 
     // Keep only the last two entries.
-    let store = Store::connect(&fed.valkey_url(), &spoke_id("a"))
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &mosaic_shared::valkey::Target::single(fed.valkey_url()),
+        &spoke_id("a"),
+    )
+    .await
+    .unwrap();
     let removed = store
         .trim_events(unix_ms(), Duration::from_secs(3600), 2)
         .await

@@ -11,4 +11,5 @@ mod output;
 mod queue;
 mod rotation;
 mod scheduler;
+mod valkey;
 mod watch;

@@ -22,9 +22,12 @@ async fn valkey() -> (tempfile::TempDir, Valkey) {
 }
 
 async fn store(v: &Valkey, spoke: &str) -> Store {
-    Store::connect(&v.url(), &spoke.parse().unwrap())
-        .await
-        .unwrap()
+    Store::connect(
+        &mosaic_shared::valkey::Target::single(v.url()),
+        &spoke.parse().unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 fn options(priority: u8) -> JobOptions {

@@ -384,9 +384,12 @@ async fn trimmed_cursors_revoked_tokens_and_other_workspaces_are_refused() {
     );
 
     // A cursor older than the hub retains.
-    let store = mosaic_hub::store::HubStore::connect(&fed.valkey_url(), &HUB.parse().unwrap())
-        .await
-        .unwrap();
+    let store = mosaic_hub::store::HubStore::connect(
+        &mosaic_shared::valkey::Target::single(fed.valkey_url()),
+        &HUB.parse().unwrap(),
+    )
+    .await
+    .unwrap();
     store
         .trim(mosaic_shared::time::unix_ms(), Duration::from_secs(3600), 1)
         .await

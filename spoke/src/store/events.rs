@@ -155,13 +155,14 @@ impl Store {
     /// A reader of the event stream with a connection of its own, so that its blocking reads
     /// never hold up the store's shared connection.
     pub async fn event_reader(&self) -> Result<EventReader, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(None);
         let con = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .target
+            .connect(super::Purpose::Blocking)
+            .await
+            .map_err(|reason| StoreError::Unreachable {
+                url: self.target.redacted(),
+                reason,
+            })?;
         Ok(EventReader {
             con,
             key: self.keys.events(),
@@ -172,7 +173,7 @@ impl Store {
 
 /// Reads the event stream in order, for one subscriber.
 pub struct EventReader {
-    con: redis::aio::MultiplexedConnection,
+    con: mosaic_shared::valkey::Connection,
     key: String,
     trimmed: String,
 }

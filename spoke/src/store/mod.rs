@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use mosaic_shared::ids::{AgentId, CommandId, HubId, JobId, ProfileName, SpokeId, WorkspaceId};
 use mosaic_shared::pb::federation::v1 as pb;
+pub use mosaic_shared::valkey::{Purpose, Target};
 use redis::{AsyncCommands as _, Script};
 
 use crate::lifecycle::AgentState;
@@ -183,7 +184,7 @@ pub struct Store {
     /// Retries transient failures (see `retry`); cheap to clone, multiplexed.
     con: retry::Retrying,
     /// For connections of their own (blocking stream reads).
-    client: redis::Client,
+    target: Target,
     keys: Keys,
     /// The scripts, shared: a `Script` holds its whole source, and the store is cloned for
     /// every call in flight and every attempt.
@@ -194,30 +195,21 @@ pub struct Store {
 
 impl Store {
     /// Connects and checks that Valkey answers, failing with a message that names the URL.
-    pub async fn connect(url: &str, spoke: &SpokeId) -> Result<Self, StoreError> {
-        let unreachable = |reason: String| StoreError::Unreachable {
-            url: redact(url),
-            reason,
-        };
-        let client = redis::Client::open(url).map_err(|e| unreachable(connect_failure(&e)))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(3);
-        let mut con = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| unreachable(connect_failure(&e)))?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut con)
-            .await
-            .map_err(|e| unreachable(connect_failure(&e)))?;
+    pub async fn connect(target: &Target, spoke: &SpokeId) -> Result<Self, StoreError> {
+        let con =
+            target
+                .connect(Purpose::Shared)
+                .await
+                .map_err(|reason| StoreError::Unreachable {
+                    url: target.redacted(),
+                    reason,
+                })?;
         Ok(Store {
             con: retry::Retrying {
                 con,
                 errors: Default::default(),
             },
-            client,
+            target: target.clone(),
             keys: Keys::new(spoke),
             release_command: Arc::new(Script::new(RELEASE_COMMAND)),
             queue: Arc::new(queue::QueueScripts::new()),
@@ -347,58 +339,4 @@ pub fn attempt_state_after(kind: &str) -> Option<AgentState> {
         "job.failed" | "job.retry" | "job.requeued" => AgentState::Failed,
         _ => return None,
     })
-}
-
-/// A Valkey URL without its password, for messages and logs.
-/// Why connecting to Valkey failed, with what to do when it is the credentials.
-pub fn connect_failure(e: &redis::RedisError) -> String {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || e.to_string().contains("WRONGPASS")
-        || e.to_string().contains("NOAUTH")
-    {
-        format!(
-            "authentication failed ({e}); check the user and password in the URL (redis://user:password@host:port, unix:///path?user=…&pass=…) or VALKEY_USERNAME / VALKEY_PASSWORD"
-        )
-    } else {
-        e.to_string()
-    }
-}
-
-pub fn redact(url: &str) -> String {
-    let url = match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    };
-    // unix:///path?user=…&pass=… carries the password as a query parameter.
-    match url.split_once('?') {
-        Some((base, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some(("pass", _)) => "pass=***".to_owned(),
-                    _ => kv.to_owned(),
-                })
-                .collect();
-            format!("{base}?{}", query.join("&"))
-        }
-        None => url,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://:pw@h:6379"), "redis://***@h:6379");
-        assert_eq!(redact("unix:///tmp/v.sock"), "unix:///tmp/v.sock");
-        assert_eq!(
-            redact("unix:///tmp/v.sock?user=m&pass=s3cret&db=1"),
-            "unix:///tmp/v.sock?user=m&pass=***&db=1"
-        );
-        assert_eq!(redact("redis://m:s3cret@h:6379"), "redis://***@h:6379");
-    }
 }

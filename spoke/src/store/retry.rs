@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
+use mosaic_shared::valkey::Connection;
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 /// Delays between tries: about 3 s in all, enough for a Valkey restart and a small AOF load.
@@ -18,7 +19,7 @@ const DELAYS_MS: [u64; 6] = [50, 100, 200, 400, 800, 1600];
 
 #[derive(Clone)]
 pub(super) struct Retrying {
-    pub(super) con: ConnectionManager,
+    pub(super) con: Connection,
     /// Every failed call, retried or not (`mosaic_spoke_valkey_errors_total`).
     pub(super) errors: Counter,
 }
