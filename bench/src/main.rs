@@ -9,6 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let env = Env::from_process();
     // The spoke under test logs every attempt at info; only problems belong in a benchmark's
     // output, and a subscriber that formats every line would be part of what is measured.
-    mosaic_shared::telemetry::init(&env, "warn");
+    let _telemetry = mosaic_shared::telemetry::init(&env, "warn", "mosaic-bench", false)
+        .map_err(anyhow::Error::msg)?;
     mosaic_bench::run(args, &env).await
 }

@@ -195,6 +195,7 @@ async fn fill(store: &Store, profile: &str, jobs: usize) -> anyhow::Result<()> {
             attempt_timeout: None,
         },
         created_at_ms: 0,
+        trace: Default::default(),
     };
     let next = Arc::new(AtomicUsize::new(0));
     let mut lanes = tokio::task::JoinSet::new();

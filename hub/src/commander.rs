@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use mosaic_shared::ids::{CommandId, JobId, ProfileName, SpokeId, WorkspaceId};
 use mosaic_shared::pb::admin::v1 as admin;
@@ -244,7 +245,20 @@ impl Commander {
     ) -> Result<Done, CommandError> {
         let verb = verb(&action);
         let started = Instant::now();
-        let done = self.execute_inner(asker, target, action).await;
+        let span = tracing::info_span!(
+            "command",
+            verb,
+            spoke = tracing::field::Empty,
+            command_id = tracing::field::Empty
+        );
+        let done = self
+            .execute_inner(asker, target, action)
+            .instrument(span.clone())
+            .await;
+        if let Ok(d) = &done {
+            span.record("spoke", d.spoke.as_str());
+            span.record("command_id", d.command_id.as_str());
+        }
         let outcome = match &done {
             Ok(d) if d.replayed => "replayed".to_owned(),
             Ok(_) => "ok".to_owned(),

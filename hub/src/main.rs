@@ -16,12 +16,23 @@ async fn main() -> ExitCode {
         Command::Serve => "info",
         _ => "warn",
     };
-    mosaic_shared::telemetry::init(&env, default_filter);
-    match mosaic_hub::cli::run(cli, &env).await {
+    // Only the long-running verbs export traces; a client verb would only add start-up time.
+    let export = matches!(cli.command, Command::Serve | Command::Dev(_));
+    let telemetry = match mosaic_shared::telemetry::init(&env, default_filter, "mosaic-hub", export)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match mosaic_hub::cli::run(cli, &env).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", e.message);
             ExitCode::from(e.code)
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tracing::Instrument as _;
 
 use axum::extract::{MatchedPath, State};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -158,7 +159,8 @@ where
         // Health and reflection are not admin operations.
         let operation = req.uri().path().strip_prefix(ADMIN_PATH).map(str::to_owned);
         let counts = self.counts.clone();
-        let fut = self.inner.call(req);
+        let span = request_span("grpc", operation.as_deref().unwrap_or("-"), req.headers());
+        let fut = span.in_scope(|| self.inner.call(req)).instrument(span);
         Box::pin(async move {
             let res = fut.await?;
             if let Some(operation) = operation {
@@ -179,6 +181,24 @@ where
     }
 }
 
+/// The span of one admin request, a child of the caller's span when the request carries a W3C
+/// `traceparent` header (gRPC metadata is headers too).
+fn request_span(
+    transport: &'static str,
+    operation: &str,
+    headers: &axum::http::HeaderMap,
+) -> tracing::Span {
+    let span = tracing::info_span!("admin", transport, operation);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    mosaic_shared::telemetry::follow(&span, header("traceparent"), header("tracestate"));
+    span
+}
+
 /// Axum middleware: counts admin HTTP requests by method, route and status.
 pub async fn count_http(
     State(counts): State<Family<AdminLabels, Counter>>,
@@ -187,7 +207,15 @@ pub async fn count_http(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let method = req.method().clone();
-    let res = next.run(req).await;
+    let span = request_span(
+        "http",
+        &format!(
+            "{method} {}",
+            path.as_ref().map_or("(no route)", |p| p.as_str())
+        ),
+        req.headers(),
+    );
+    let res = next.run(req).instrument(span).await;
     counts
         .get_or_create(&AdminLabels {
             transport: "http",

@@ -1179,6 +1179,7 @@ mod tests {
                 at_ms: T0 + seq as i64 * 1000,
                 r#type: t as i32,
                 payload,
+                ..Default::default()
             }),
         )
     }

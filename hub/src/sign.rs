@@ -30,7 +30,8 @@ impl Signer {
         self.key.public()
     }
 
-    /// A command for `spoke`, valid from `now_ms` for the configured TTL, signed.
+    /// A command for `spoke`, valid from `now_ms` for the configured TTL, signed. It carries
+    /// the trace context of the current span, if that span is in an exported trace.
     pub fn seal(
         &self,
         command_id: &CommandId,
@@ -38,7 +39,11 @@ impl Signer {
         action: pb::command::Action,
         now_ms: i64,
     ) -> pb::SignedCommand {
+        let (traceparent, tracestate) =
+            mosaic_shared::telemetry::traceparent(&tracing::Span::current());
         let command = pb::Command {
+            traceparent,
+            tracestate,
             command_id: command_id.to_string(),
             hub_id: self.hub_id.to_string(),
             spoke_id: spoke.to_string(),

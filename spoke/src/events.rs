@@ -526,6 +526,7 @@ pub fn expand(spoke: &str, entry: &Entry) -> Result<Vec<pb::Event>, String> {
             seq: first + i as u64,
             at_ms,
             r#type: t.into(),
+            trace_id: f("trace"),
             payload: Some(payload),
         })
         .collect())

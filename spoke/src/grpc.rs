@@ -27,7 +27,9 @@ use crate::job::JobState;
 use crate::metrics::SpokeMetrics;
 use crate::profile::{self, PlanError};
 use crate::runner::{KillOutcome, Stop, Supervisor};
-use crate::store::{AgentRecord, Claim, Guarded, JobRecord, NewJob, Store, StoreError};
+use crate::store::{
+    AgentRecord, Claim, Guarded, JobRecord, NewJob, Store, StoreError, TraceContext,
+};
 use crate::verify::{SharedVerifier, VerifiedCommand, VerifyError};
 
 /// Metadata key carrying the machine-readable reason of a refusal.
@@ -202,19 +204,39 @@ impl Inner {
         envelope: pb::SignedCommand,
     ) -> Result<Vec<u8>, Refusal> {
         let now = unix_ms();
+        // The span joins the hub's trace before anything runs in it. The context is read from
+        // the command bytes ahead of the signature check (verification is a child span); an
+        // unverified command only ever names a parent, and its span records the refusal.
+        let span = tracing::info_span!(
+            "command",
+            id = tracing::field::Empty,
+            verb = tracing::field::Empty,
+            hub = tracing::field::Empty,
+            refused = tracing::field::Empty,
+        );
+        if let Ok(c) = <pb::Command as prost::Message>::decode(envelope.command.as_slice()) {
+            mosaic_shared::telemetry::follow(&span, &c.traceparent, &c.tracestate);
+        }
         let verifier = self.verifier.current();
-        let verified = verifier
-            .peer_hub(certs.as_deref().map(|c| c.as_slice()))
-            .and_then(|hub| Ok((verifier.verify(&hub, &envelope, now)?, hub)));
+        let verified = span.in_scope(|| {
+            tracing::info_span!("verify").in_scope(|| {
+                verifier
+                    .peer_hub(certs.as_deref().map(|c| c.as_slice()))
+                    .and_then(|hub| Ok((verifier.verify(&hub, &envelope, now)?, hub)))
+            })
+        });
         let (cmd, hub) = match verified {
             Ok(v) => v,
             Err(e) => {
+                span.record("refused", e.reason());
                 self.metrics.verification_failed(e.reason());
                 return Err(e.into());
             }
         };
         let verb = cmd.action.verb();
-        let span = tracing::info_span!("command", id = %cmd.command_id, verb, %hub);
+        span.record("id", tracing::field::display(&cmd.command_id));
+        span.record("verb", verb);
+        span.record("hub", tracing::field::display(&hub));
         let result = self.run_verified(cmd, now).instrument(span).await;
         self.metrics.command(
             verb,
@@ -274,7 +296,13 @@ impl Inner {
                 // Checked now so that a bad spawn is refused, not queued to fail later.
                 profile::plan(&self.config.profiles, &req.profile, &req.spec)?;
                 let now = unix_ms();
+                let (traceparent, tracestate) =
+                    mosaic_shared::telemetry::traceparent(&tracing::Span::current());
                 let new = NewJob {
+                    trace: TraceContext {
+                        traceparent,
+                        tracestate,
+                    },
                     job_id: JobId::for_command(&cmd.hub_id, &cmd.command_id),
                     workspace: req.workspace.clone(),
                     profile: req.profile.clone(),
@@ -283,7 +311,11 @@ impl Inner {
                     options: req.options.resolve(&self.config.queue, now),
                     created_at_ms: now,
                 };
-                let state = self.store.enqueue(&new, now).await?;
+                let state = self
+                    .store
+                    .enqueue(&new, now)
+                    .instrument(tracing::info_span!("enqueue", job = %new.job_id))
+                    .await?;
                 self.wake.notify_one();
                 tracing::info!(job = %new.job_id, profile = %new.profile, %state, "job queued");
                 Ok(job(self.job_status(&new.job_id).await?))

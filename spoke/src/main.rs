@@ -37,17 +37,26 @@ async fn main() -> anyhow::Result<()> {
     let env = Env::from_process();
     // tonic reports refused TLS handshakes (no or untrusted client certificate) only at debug
     // level; an operator needs to see them.
-    mosaic_shared::telemetry::init(&env, "info,tonic::transport::server::io_stream=debug");
-    match cli.command {
-        Command::Serve { config } => {
-            let config = mosaic_spoke::config::SpokeConfig::load(&config, &env)?;
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen))?;
-            mosaic_spoke::run(config, listener, shutdown_signal()).await?;
-        }
-    }
-    Ok(())
+    let telemetry = mosaic_shared::telemetry::init(
+        &env,
+        "info,tonic::transport::server::io_stream=debug",
+        "mosaic-spoke",
+        true,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config, &env).await,
+    };
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(config: &std::path::Path, env: &Env) -> anyhow::Result<()> {
+    let config = mosaic_spoke::config::SpokeConfig::load(config, env)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    Ok(mosaic_spoke::run(config, listener, shutdown_signal()).await?)
 }
 
 /// Resolves at the first SIGINT or SIGTERM, which starts the drain. A second one exits at

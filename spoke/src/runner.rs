@@ -35,6 +35,7 @@ use crate::job::backoff;
 use crate::output::{self, Format, OutputLimits, Tail};
 use crate::profile::LaunchPlan;
 use crate::store::{AttemptEnd, AttemptEvents, AttemptRecord, Dispatched, Guarded, Outcome, Store};
+use tracing::Instrument as _;
 
 /// Events of one attempt waiting for its writer; beyond this the pump drops and counts them.
 const EVENT_BUFFER: usize = 1024;
@@ -153,10 +154,17 @@ impl Supervisor {
         let recorder = self.recorder.clone();
         let store = self.store.clone();
         let durations = self.durations.clone();
+        // The attempt's span joins the trace its job was queued in (the spawn command's).
+        let span = tracing::info_span!("attempt", agent = %d.agent_id, profile = %d.profile);
+        mosaic_shared::telemetry::follow(&span, &d.trace.traceparent, &d.trace.tracestate);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let ended = match plan {
-                Ok(plan) => run(&plan, &d, &recorder, &store, stop_rx).await,
+                Ok(plan) => {
+                    run(&plan, &d, &recorder, &store, stop_rx)
+                        .instrument(span)
+                        .await
+                }
                 Err(error) => Ended::failed(error),
             };
             durations
@@ -360,18 +368,20 @@ async fn run(
         ));
     }
     let program = &plan.profile.program;
-    let mut child = match tokio::process::Command::new(program)
-        .args(&plan.args)
-        .env_clear()
-        .envs(plan.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&plan.workdir)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
+    let spawned = tracing::info_span!("spawn", program = %program.display()).in_scope(|| {
+        tokio::process::Command::new(program)
+            .args(&plan.args)
+            .env_clear()
+            .envs(plan.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&plan.workdir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    });
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => return Ended::failed(format!("cannot start {}: {e}", program.display())),
     };

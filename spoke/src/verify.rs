@@ -351,6 +351,7 @@ mod tests {
             issued_at_ms: NOW - 1000,
             expires_at_ms: NOW + 60_000,
             action: Some(pb::command::Action::Status(pb::Status { id: "a1".into() })),
+            ..Default::default()
         }
     }
 

@@ -7,6 +7,7 @@
 //! killed when the federation is dropped. The binaries come from the same target directory as
 //! this test (`cargo build --workspace --bins` first; `deploy/test.sh` does).
 
+pub mod otlp;
 pub mod proxy;
 pub mod valkey;
 
@@ -103,6 +104,8 @@ pub struct FederationBuilder {
     /// An ACL user (name, password) for Valkey, whose default user is then off.
     valkey_user: Option<(String, String)>,
     topology: Topology,
+    /// More environment variables for the spoke and hub processes.
+    process_env: Vec<(String, String)>,
 }
 
 /// What the test's Valkey is.
@@ -188,6 +191,12 @@ impl FederationBuilder {
     /// get `[valkey_tls]`. Needs `$MOSAIC_VALKEY_TLS_SERVER` (see `valkey::find_tls_server`).
     pub fn valkey_tls(mut self) -> Self {
         self.topology = Topology::Tls;
+        self
+    }
+
+    /// An environment variable for every spoke and hub process (e.g. the OTLP endpoint).
+    pub fn process_env(mut self, name: &str, value: &str) -> Self {
+        self.process_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -302,8 +311,14 @@ impl FederationBuilder {
                     &self.spoke_settings,
                 ),
             )?;
-            let process =
-                SpokeProcess::start("mosaic-spoke", &["serve", "--config"], &config, id, &root)?;
+            let process = SpokeProcess::start(
+                "mosaic-spoke",
+                &["serve", "--config"],
+                &config,
+                id,
+                &root,
+                &self.process_env,
+            )?;
             spokes.insert(id.clone(), process);
         }
         for p in spokes.values_mut() {
@@ -351,6 +366,7 @@ impl FederationBuilder {
         };
         let mut fed = Federation {
             dir,
+            process_env: self.process_env.clone(),
             valkey,
             cluster,
             valkey_toml,
@@ -380,6 +396,8 @@ pub struct Federation {
     cluster: Option<valkey::ValkeyCluster>,
     /// How hub and spokes reach Valkey.
     valkey_toml: valkey::ValkeyToml,
+    /// More environment for the spoke and hub processes (see the builder's `process_env`).
+    process_env: Vec<(String, String)>,
     valkey_bin: PathBuf,
     valkey_args: Vec<String>,
     /// `?user=…&pass=…` when Valkey has an ACL user (see `valkey_user`).
@@ -467,6 +485,7 @@ impl Federation {
             spoke_settings: BTreeMap::new(),
             valkey_user: None,
             topology: Topology::Single,
+            process_env: Vec::new(),
         }
     }
 
@@ -699,8 +718,14 @@ impl Federation {
                 .collect();
             std::fs::write(&path, text)?;
         }
-        let mut process =
-            SpokeProcess::start("mosaic-spoke", &["serve", "--config"], &path, id, &root)?;
+        let mut process = SpokeProcess::start(
+            "mosaic-spoke",
+            &["serve", "--config"],
+            &path,
+            id,
+            &root,
+            &self.process_env,
+        )?;
         process.wait_ready()?;
         self.spokes.insert(id.to_owned(), process);
         Ok(())
@@ -714,6 +739,7 @@ impl Federation {
             &self.hub_path,
             "hub",
             &root,
+            &self.process_env,
         )?;
         process.wait_ready()?;
         self.hub_process = Some(process);
@@ -929,6 +955,7 @@ impl RawCommand {
                 issued_at_ms: now,
                 expires_at_ms: now + 60_000,
                 action: Some(action),
+                ..Default::default()
             },
         }
     }
@@ -1110,6 +1137,7 @@ impl SpokeProcess {
         config: &Path,
         id: &str,
         root: &Path,
+        extra_env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         // `a.log` for the first start, then `a.1.log`, `a.2.log`, … for restarts.
         let log = (0..)
@@ -1130,6 +1158,7 @@ impl SpokeProcess {
                 "MOSAIC_LOG",
                 "info,tonic::transport::server::io_stream=debug,mosaic_spoke::store=debug,mosaic_hub=debug",
             )
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -11,5 +11,6 @@ mod output;
 mod queue;
 mod rotation;
 mod scheduler;
+mod traces;
 mod valkey;
 mod watch;

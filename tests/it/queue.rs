@@ -50,6 +50,7 @@ fn new_job(profile: &str, options: JobOptions) -> NewJob {
         spec: "{}".into(),
         options,
         created_at_ms: T0,
+        trace: Default::default(),
     }
 }
 

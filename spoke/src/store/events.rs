@@ -34,7 +34,7 @@ while i <= #ARGV do
   local id, agent, n, count = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   i = i + 4
   local job = job_key(id)
-  local j = redis.call('HMGET', job, 'attempts', 'events', 'workspace', 'state')
+  local j = redis.call('HMGET', job, 'attempts', 'events', 'workspace', 'state', 'trace')
   local live = tonumber(j[1]) == tonumber(n) and (j[4] == 'assigned' or j[4] == 'executing')
   local seq = tonumber(j[2] or 0)
   for _ = 1, count do
@@ -45,7 +45,7 @@ while i <= #ARGV do
       local e = {'kind', kind, 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'seq', seq,
         'at_ms', at}
       for k = 0, nfields - 1 do e[#e + 1] = ARGV[i + k] end
-      redis.call('XADD', KEYS[1], '*', unpack(e))
+      redis.call('XADD', KEYS[1], '*', unpack(traced(e, j[5])))
     end
     i = i + nfields
   end

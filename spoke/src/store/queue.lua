@@ -9,6 +9,12 @@ local function attempt_field(n, name) return ARGV[2] .. n .. '.' .. name end
 local function event(stream, ...)
   redis.call('XADD', stream, '*', ...)
 end
+-- Adds the job's trace id (its `trace` field, set at enqueue when the spawn carried a W3C
+-- trace context) to an event's fields.
+local function traced(e, trace)
+  if trace then e[#e + 1] = 'trace'; e[#e + 1] = trace end
+  return e
+end
 -- Higher priority first, FIFO within a priority (job::pending_score, exact below 10^13 jobs).
 local function pending_score(priority, seq)
   return string.format('%.0f', (10 - tonumber(priority)) * 1e13 + tonumber(seq))

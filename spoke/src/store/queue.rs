@@ -59,8 +59,12 @@ local fields = {'state', state, 'seq', seq, 'attempts', 0, 'failures', 0, 'ready
   'events', events}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-event(KEYS[5], 'kind', 'job.created', 'job_id', ARGV[1], 'workspace', ARGV[5], 'seq', 1,
-  'at_ms', ARGV[2], 'ready_at_ms', ARGV[3])
+local e = {'kind', 'job.created', 'job_id', ARGV[1], 'workspace', ARGV[5], 'seq', 1,
+  'at_ms', ARGV[2], 'ready_at_ms', ARGV[3]}
+for i = 6, #ARGV, 2 do
+  if ARGV[i] == 'trace' then traced(e, ARGV[i + 1]) end
+end
+event(KEYS[5], unpack(e))
 return state
 ";
 
@@ -118,22 +122,22 @@ end
 
 local function running(id, agent, n, at, pid, pstart)
   local job = job_key(id)
-  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'events')
+  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'events', 'trace')
   if tonumber(j[2]) ~= tonumber(n) or not run_agent[IMPLIED[j[1]] or ''] or not run_job[j[1]] then
     return not_live(job, n, 'running', pid, 'spawning')
   end
   local seq = tonumber(j[4]) + 1
   redis.call('HSET', job, 'state', 'executing', attempt_field(n, 'started_at_ms'), at,
     attempt_field(n, 'pid'), pid, attempt_field(n, 'proc_start'), pstart, 'events', seq)
-  ev('kind', 'agent.running', 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'seq', seq,
-    'at_ms', at)
+  ev(unpack(traced({'kind', 'agent.running', 'job_id', id, 'workspace', j[3], 'agent_id', agent,
+    'seq', seq, 'at_ms', at}, j[5])))
   return 1, IMPLIED[j[1]]
 end
 
 local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inproc)
   local job = job_key(id)
   local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'error', 'counted',
-    'failures', 'max_retries', 'events')
+    'failures', 'max_retries', 'events', 'trace')
   local allowed = ends[outcome]
   local agent_to = outcome
   if outcome == 'interrupted' then agent_to = 'failed' end
@@ -198,7 +202,7 @@ local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inp
   if err ~= '' then e[#e + 1] = 'error'; e[#e + 1] = err end
   if ready then e[#e + 1] = 'ready_at_ms'; e[#e + 1] = ready end
   if start_here then e[#e + 1] = 'started_at_ms'; e[#e + 1] = inproc end
-  ev(unpack(e))
+  ev(unpack(traced(e, j[9])))
   return 1, next
 end
 
@@ -227,11 +231,12 @@ end
 if ARGV[7] == '1' then
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
   for _, id in ipairs(due) do
-    local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace', 'events')
+    local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace', 'events', 'trace')
     local seq = tonumber(f[4]) + 1
     redis.call('ZADD', PENDING, pending_score(f[1], f[2]), id)
     redis.call('HSET', job_key(id), 'state', 'pending', 'events', seq)
-    ev('kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq, 'at_ms', now)
+    ev(unpack(traced({'kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq,
+      'at_ms', now}, f[5])))
   end
   if #due > 0 then redis.call('ZREM', DELAYED, unpack(due)) end
 end
@@ -240,7 +245,7 @@ end
 -- enqueue and passed through untouched), the attempt count, failures so far, profile and
 -- workspace.
 local JOB_FIELDS = {'launch', 'attempts', 'failures', 'profile', 'workspace', 'dispatch_token',
-  'events'}
+  'events', 'trace'}
 local function reply(id, attempt, f)
   for _, v in ipairs({id, attempt, f[3], f[4], f[5], f[1]}) do
     out[#out + 1] = v
@@ -300,8 +305,8 @@ elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
       jf[#jf + 1] = 'counted'; jf[#jf + 1] = 1
     end
     redis.call('HSET', job, unpack(jf))
-    ev('kind', 'job.started', 'job_id', id, 'workspace', f[5], 'agent_id', agent, 'seq', seq,
-      'at_ms', now)
+    ev(unpack(traced({'kind', 'job.started', 'job_id', id, 'workspace', f[5], 'agent_id', agent,
+      'seq', seq, 'at_ms', now}, f[8])))
     reply(id, n, f)
   end
   if #leases > 0 then redis.call('ZADD', ACTIVE, unpack(leases)) end
@@ -316,7 +321,7 @@ return out
 const REMOVE: &str = r"
 -- KEYS: job, pending, delayed, done:cancelled, events
 -- ARGV: job id, now, reason
-local j = redis.call('HMGET', KEYS[1], 'state', 'error', 'workspace', 'events')
+local j = redis.call('HMGET', KEYS[1], 'state', 'error', 'workspace', 'events', 'trace')
 local s = j[1]
 if not s then return {-1, ''} end
 -- A repeat (a retried call whose first try ran) finds its own reason recorded.
@@ -328,8 +333,8 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 local seq = tonumber(j[4]) + 1
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', ARGV[3], 'finished_at_ms', ARGV[2],
   'events', seq)
-event(KEYS[5], 'kind', 'job.cancelled', 'job_id', ARGV[1], 'workspace', j[3], 'seq', seq,
-  'error', ARGV[3], 'at_ms', ARGV[2])
+event(KEYS[5], unpack(traced({'kind', 'job.cancelled', 'job_id', ARGV[1], 'workspace', j[3],
+  'seq', seq, 'error', ARGV[3], 'at_ms', ARGV[2]}, j[5])))
 return {1, s}
 ";
 
@@ -377,6 +382,18 @@ pub struct NewJob {
     pub spec: String,
     pub options: JobOptions,
     pub created_at_ms: i64,
+    /// The W3C trace context of the span that queued the job (empty: none): its attempts'
+    /// spans join that trace, and its events carry the trace id.
+    pub trace: TraceContext,
+}
+
+/// A W3C trace context, as `traceparent` and `tracestate` strings (empty: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TraceContext {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tracestate: String,
 }
 
 /// An attempt that dispatch just created, with what is needed to launch it.
@@ -394,6 +411,8 @@ pub struct Dispatched {
     pub failures: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The trace context the job was queued in (see [`NewJob::trace`]).
+    pub trace: TraceContext,
 }
 
 /// How an attempt ended.
@@ -708,6 +727,8 @@ pub(super) struct Launch {
     timeout_ms: u64,
     backoff_base_ms: u64,
     backoff_cap_ms: u64,
+    #[serde(default, flatten)]
+    trace: TraceContext,
 }
 
 impl Launch {
@@ -738,6 +759,7 @@ fn parse_dispatched(f: &[String]) -> Result<Dispatched, String> {
         attempt_timeout: (launch.timeout_ms > 0).then(|| Duration::from_millis(launch.timeout_ms)),
         backoff_base: Duration::from_millis(launch.backoff_base_ms),
         backoff_cap: Duration::from_millis(launch.backoff_cap_ms),
+        trace: launch.trace,
     })
 }
 
@@ -820,8 +842,13 @@ impl Store {
             timeout_ms: o.attempt_timeout.map_or(0, ms),
             backoff_base_ms: ms(o.backoff_base),
             backoff_cap_ms: ms(o.backoff_cap),
+            trace: job.trace.clone(),
         };
         let launch = serde_json::to_string(&launch).expect("a launch record always encodes");
+        // The trace id alone, for the scripts to put in every event of the job.
+        if let Some(id) = mosaic_shared::telemetry::trace_id(&job.trace.traceparent) {
+            inv.arg("trace").arg(id);
+        }
         for (f, v) in [
             ("job_id", job.job_id.to_string()),
             ("workspace", job.workspace.to_string()),
