@@ -25,8 +25,8 @@ const TRIM_BATCH: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the hub's valkey at {url} is unreachable: {reason}")]
-    Unreachable { url: String, reason: String },
+    #[error("the hub's {0}")]
+    Unreachable(#[from] mosaic_shared::valkey::Unreachable),
     #[error("valkey: {0}")]
     Valkey(redis::RedisError),
     #[error("record {key} is corrupt: {reason}")]
@@ -126,14 +126,7 @@ pub struct HubStore {
 
 impl HubStore {
     pub async fn connect(target: &Target, hub: &HubId) -> Result<Self, StoreError> {
-        let con =
-            target
-                .connect(Purpose::Shared)
-                .await
-                .map_err(|reason| StoreError::Unreachable {
-                    url: target.redacted(),
-                    reason,
-                })?;
+        let con = target.connect(Purpose::Shared).await?;
         Ok(HubStore {
             con,
             target: target.clone(),
@@ -355,14 +348,7 @@ impl HubStore {
     /// A reader of the log with a connection of its own (its blocking reads hold up no one).
     pub async fn log_reader(&self) -> Result<LogReader, StoreError> {
         Ok(LogReader {
-            con: self
-                .target
-                .connect(Purpose::Blocking)
-                .await
-                .map_err(|reason| StoreError::Unreachable {
-                    url: self.target.redacted(),
-                    reason,
-                })?,
+            con: self.target.connect(Purpose::Blocking).await?,
             log: self.log(),
             trimmed: self.log_trimmed(),
         })

@@ -53,6 +53,15 @@ pub struct Target {
     pub tls: Option<Tls>,
 }
 
+/// Valkey did not answer a new connection, and what to check.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("valkey at {url} is unreachable: {reason}")]
+pub struct Unreachable {
+    /// Without its password.
+    pub url: String,
+    pub reason: String,
+}
+
 /// A config error: the field it concerns and what is wrong.
 pub type FieldError = (&'static str, String);
 
@@ -150,12 +159,16 @@ impl Target {
 
     /// Opens a connection and checks that Valkey answers (a cluster: that it knows its slots).
     /// The error says what to check.
-    pub async fn connect(&self, purpose: Purpose) -> Result<Connection, String> {
-        let mut con = self.open(purpose).await.map_err(|e| connect_failure(&e))?;
+    pub async fn connect(&self, purpose: Purpose) -> Result<Connection, Unreachable> {
+        let unreachable = |e: RedisError| Unreachable {
+            url: self.redacted(),
+            reason: connect_failure(&e),
+        };
+        let mut con = self.open(purpose).await.map_err(unreachable)?;
         let _: String = redis::cmd("PING")
             .query_async(&mut con)
             .await
-            .map_err(|e| connect_failure(&e))?;
+            .map_err(unreachable)?;
         Ok(con)
     }
 

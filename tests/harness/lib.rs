@@ -1451,6 +1451,86 @@ pub async fn admin_watch_job(
     .into_inner()
 }
 
+/// Every event of `job` through a watch as `token`, until its completion (at most 15 s).
+pub async fn admin_events_until_completed(
+    c: &mut AdminClient,
+    token: &str,
+    job: &str,
+) -> Vec<pb::Event> {
+    use mosaic_shared::pb::admin::v1 as admin;
+    let mut watch = admin_watch_job(c, token, job).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut events = Vec::new();
+    loop {
+        let item = tokio::time::timeout_at(deadline.into(), watch.message())
+            .await
+            .expect("the job completes within 15 s")
+            .unwrap()
+            .expect("the watch stays open");
+        if let Some(admin::watch_response::Item::Event(e)) = item.item {
+            let done = e.r#type() == pb::EventType::JobCompleted;
+            events.push(e);
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+/// Polls `job` through the hub as `token` until `done` holds for its status (at most
+/// `within`); that status.
+pub async fn admin_wait_job(
+    c: &mut AdminClient,
+    token: &str,
+    job: &str,
+    within: Duration,
+    done: impl Fn(&pb::JobStatus) -> bool,
+) -> pb::JobStatus {
+    use mosaic_shared::pb::admin::v1 as admin;
+    let deadline = Instant::now() + within;
+    loop {
+        let status = c
+            .get_status(authed(
+                token,
+                admin::GetStatusRequest {
+                    id: job.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .expect("a job");
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "job {job}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `mosaic-spoke serve` with `config` and a clean environment, expecting it to give up
+/// at start-up within 30 s; its exit status and stderr.
+pub async fn spoke_start_failure(config: &Path) -> (std::process::ExitStatus, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(binary("mosaic-spoke"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output(),
+    )
+    .await
+    .expect("the spoke gives up within 30 s")
+    .expect("mosaic-spoke runs");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// An admin API request carrying `token` as its bearer token.
 pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);

@@ -484,20 +484,8 @@ async fn hub_and_spoke_use_a_valkey_acl_user_and_a_wrong_password_is_a_clear_sta
     let config = std::fs::read_to_string(fed.dir().join("a.toml")).unwrap();
     let bad = fed.dir().join("bad.toml");
     std::fs::write(&bad, config.replace("pass=s3cret-pw", "pass=not-it")).unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new(binary("mosaic-spoke"))
-            .args(["serve", "--config"])
-            .arg(&bad)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .output(),
-    )
-    .await
-    .expect("the spoke gives up within 20 s")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (status, stderr) = spoke_start_failure(&bad).await;
+    assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("authentication failed")
             && stderr.contains("check the user and password")

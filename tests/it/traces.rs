@@ -3,7 +3,7 @@
 //! hub's signed command to the spoke's spans (verify, enqueue, the attempt and its spawn) and
 //! into the job's events.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::federation::v1 as pb;
@@ -22,31 +22,6 @@ fn one<'a>(spans: &'a [Span], trace: &str, service: &str, name: &str) -> &'a Spa
         "{service} {name} in trace {trace}: {found:#?}\nall: {spans:#?}"
     );
     found[0]
-}
-
-/// Every event of `job` through a watch, until its completion.
-async fn events_until_completed(
-    c: &mut admin::admin_client::AdminClient<tonic::transport::Channel>,
-    token: &str,
-    job: &str,
-) -> Vec<pb::Event> {
-    let mut watch = admin_watch_job(c, token, job).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut events = Vec::new();
-    loop {
-        let item = tokio::time::timeout_at(deadline.into(), watch.message())
-            .await
-            .expect("the job completes within 15 s")
-            .unwrap()
-            .expect("the watch stays open");
-        if let Some(admin::watch_response::Item::Event(e)) = item.item {
-            let done = e.r#type() == pb::EventType::JobCompleted;
-            events.push(e);
-            if done {
-                return events;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +69,7 @@ async fn a_trace_goes_from_the_admin_request_through_the_signed_command_to_the_s
         .job_id;
 
     // Every event of the job carries the trace id, through the spoke's stream and the hub.
-    let events = events_until_completed(&mut c, &token, &job).await;
+    let events = admin_events_until_completed(&mut c, &token, &job).await;
     let types: Vec<_> = events.iter().map(|e| e.r#type()).collect();
     assert!(
         types.contains(&pb::EventType::JobQueued)
@@ -178,7 +153,7 @@ async fn a_trace_goes_from_the_admin_request_through_the_signed_command_to_the_s
         .as_str()
         .unwrap()
         .to_owned();
-    let http_events = events_until_completed(&mut c, &token, &http_job).await;
+    let http_events = admin_events_until_completed(&mut c, &token, &http_job).await;
     assert!(
         http_events.iter().all(|e| e.trace_id == other_trace),
         "{http_events:?}"
@@ -196,7 +171,7 @@ async fn a_trace_goes_from_the_admin_request_through_the_signed_command_to_the_s
     assert_eq!(http_admin.attributes["operation"], "POST /v1/jobs");
 
     let untraced = admin_spawn(&mut c, &token, "a", "true", &[]).await;
-    let untraced_events = events_until_completed(&mut c, &token, &untraced).await;
+    let untraced_events = admin_events_until_completed(&mut c, &token, &untraced).await;
     let own = &untraced_events[0].trace_id;
     assert!(
         own.len() == 32 && own != trace && own != other_trace,

@@ -3,60 +3,10 @@
 //! binaries; jobs go through the admin API, events come back through a watch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mosaic_shared::pb::admin::v1 as admin;
 use mosaic_shared::pb::federation::v1 as pb;
 use mosaic_tests::*;
-
-type Admin = admin::admin_client::AdminClient<tonic::transport::Channel>;
-
-/// Polls the job through the hub until it is finished; its last status.
-async fn finished(c: &mut Admin, fed: &Federation, job: &str, within: Duration) -> pb::JobStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = c
-            .get_status(authed(
-                &fed.token("operator"),
-                admin::GetStatusRequest {
-                    id: job.into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let status = r.job.expect("a job");
-        if terminal(status.state()) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {job} not finished: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Watches `job` until its completion event arrives.
-async fn watch_until_completed(c: &mut Admin, fed: &Federation, job: &str) -> Vec<pb::EventType> {
-    let mut watch = admin_watch_job(c, &fed.token("operator"), job).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut seen = Vec::new();
-    loop {
-        let item = tokio::time::timeout_at(deadline.into(), watch.message())
-            .await
-            .expect("the job's completion arrives within 15 s")
-            .unwrap()
-            .expect("the watch stays open");
-        if let Some(admin::watch_response::Item::Event(e)) = item.item {
-            seen.push(e.r#type());
-            if e.r#type() == pb::EventType::JobCompleted {
-                return seen;
-            }
-        }
-    }
-}
 
 /// The hash tag of a key (`mosaic:{a}:job:…` → `a`).
 fn tag(key: &str) -> &str {
@@ -85,10 +35,16 @@ async fn hub_and_spokes_run_on_a_three_node_valkey_cluster() {
             jobs.push(admin_spawn(&mut c, &op, spoke, "echo", &[&format!("job {i}")]).await);
         }
     }
-    let seen = watch_until_completed(&mut c, &fed, &jobs[0]).await;
-    assert!(seen.contains(&pb::EventType::JobQueued), "{seen:?}");
+    let seen = admin_events_until_completed(&mut c, &op, &jobs[0]).await;
+    assert!(
+        seen.iter().any(|e| e.r#type() == pb::EventType::JobQueued),
+        "{seen:?}"
+    );
     for job in &jobs {
-        let s = finished(&mut c, &fed, job, Duration::from_secs(20)).await;
+        let s = admin_wait_job(&mut c, &op, job, Duration::from_secs(20), |s| {
+            terminal(s.state())
+        })
+        .await;
         assert_eq!(s.state(), pb::JobState::Completed, "{s:?}");
         let last = s.attempt_history.last().expect("an attempt");
         assert!(last.output_tail.starts_with("job "), "{last:?}");
@@ -121,28 +77,16 @@ async fn hub_and_spokes_run_on_a_three_node_valkey_cluster() {
     // Crash recovery works on the cluster too: a spoke killed while its job runs finds the
     // orphaned attempt at its next start, fails it with `spoke_restarted`, and retries it.
     let long = admin_spawn(&mut c, &op, "a", "sh", &["sleep 1; echo survived"]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .get_status(authed(
-                &op,
-                admin::GetStatusRequest {
-                    id: long.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        if r.job.unwrap().state() == pb::JobState::Executing {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    admin_wait_job(&mut c, &op, &long, Duration::from_secs(10), |s| {
+        s.state() == pb::JobState::Executing
+    })
+    .await;
     fed.kill_spoke("a");
     fed.restart_spoke("a").unwrap();
-    let s = finished(&mut c, &fed, &long, Duration::from_secs(30)).await;
+    let s = admin_wait_job(&mut c, &op, &long, Duration::from_secs(30), |s| {
+        terminal(s.state())
+    })
+    .await;
     assert_eq!(s.state(), pb::JobState::Completed, "{s:?}");
     assert!(s.attempt_history.len() >= 2, "{s:?}");
     assert_eq!(s.attempt_history[0].error, "spoke_restarted", "{s:?}");
@@ -182,8 +126,11 @@ async fn hub_and_spoke_reach_valkey_over_tls_with_a_client_certificate() {
     // Spawn, run, events: the spoke's queue, scripts and blocking event reads, and the hub's
     // log and audit, all go over TLS.
     let job = admin_spawn(&mut c, &op, "a", "echo", &["over tls"]).await;
-    watch_until_completed(&mut c, &fed, &job).await;
-    let s = finished(&mut c, &fed, &job, Duration::from_secs(10)).await;
+    admin_events_until_completed(&mut c, &op, &job).await;
+    let s = admin_wait_job(&mut c, &op, &job, Duration::from_secs(10), |s| {
+        terminal(s.state())
+    })
+    .await;
     assert_eq!(s.state(), pb::JobState::Completed, "{s:?}");
     let mut plain_con = redis::Client::open(fed.valkey_socket_url())
         .unwrap()
@@ -233,20 +180,8 @@ async fn hub_and_spoke_reach_valkey_over_tls_with_a_client_certificate() {
         assert_ne!(text, config, "{what}: the case changed nothing");
         let bad = fed.dir().join("bad.toml");
         std::fs::write(&bad, &text).unwrap();
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new(binary("mosaic-spoke"))
-                .args(["serve", "--config"])
-                .arg(&bad)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .output(),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{what}: the spoke gives up within 30 s"))
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: {stderr}");
+        let (status, stderr) = spoke_start_failure(&bad).await;
+        assert!(!status.success(), "{what}: {stderr}");
         assert!(stderr.contains(expect), "{what}: {stderr}");
     }
 }

@@ -155,14 +155,7 @@ impl Store {
     /// A reader of the event stream with a connection of its own, so that its blocking reads
     /// never hold up the store's shared connection.
     pub async fn event_reader(&self) -> Result<EventReader, StoreError> {
-        let con = self
-            .target
-            .connect(super::Purpose::Blocking)
-            .await
-            .map_err(|reason| StoreError::Unreachable {
-                url: self.target.redacted(),
-                reason,
-            })?;
+        let con = self.target.connect(super::Purpose::Blocking).await?;
         Ok(EventReader {
             con,
             key: self.keys.events(),

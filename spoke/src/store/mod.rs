@@ -32,8 +32,8 @@ use keys::Keys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("valkey at {url} is unreachable: {reason}")]
-    Unreachable { url: String, reason: String },
+    #[error(transparent)]
+    Unreachable(#[from] mosaic_shared::valkey::Unreachable),
     #[error("valkey: {0}")]
     Valkey(#[from] redis::RedisError),
     #[error("record {key} is corrupt: {reason}")]
@@ -196,14 +196,7 @@ pub struct Store {
 impl Store {
     /// Connects and checks that Valkey answers, failing with a message that names the URL.
     pub async fn connect(target: &Target, spoke: &SpokeId) -> Result<Self, StoreError> {
-        let con =
-            target
-                .connect(Purpose::Shared)
-                .await
-                .map_err(|reason| StoreError::Unreachable {
-                    url: target.redacted(),
-                    reason,
-                })?;
+        let con = target.connect(Purpose::Shared).await?;
         Ok(Store {
             con: retry::Retrying {
                 con,
