@@ -34,7 +34,9 @@ use crate::events::{AgentEvent, MAX_TEXT_BYTES, truncate};
 use crate::job::backoff;
 use crate::output::{self, Format, OutputLimits, Tail};
 use crate::profile::LaunchPlan;
-use crate::store::{AttemptEnd, AttemptEvents, AttemptRecord, Dispatched, Guarded, Outcome, Store};
+use crate::store::{
+    AttemptEnd, AttemptEvents, AttemptRecord, Dispatched, Guarded, Outcome, Started, Store,
+};
 use tracing::Instrument as _;
 
 /// Events of one attempt waiting for its writer; beyond this the pump drops and counts them.
@@ -263,7 +265,10 @@ async fn record_end(recorder: &Recorder, d: &Dispatched, ended: Ended) {
         exit_code: ended.exit_code,
         signal: ended.signal,
         output_tail: ended.output_tail,
-        started_in_process_at_ms: ended.started_in_process_at_ms,
+        started: ended.started_in_process_at_ms.map(|at_ms| Started {
+            at_ms,
+            process: None,
+        }),
     };
     let outcome = end.outcome;
     let written = recorder.send(AttemptRecord::Ended {

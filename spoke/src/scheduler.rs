@@ -38,7 +38,8 @@ use crate::job::backoff;
 use crate::profile::{self, JobSpec};
 use crate::runner::{PendingRecord, Supervisor, is_same_live_process, signal_group};
 use crate::store::{
-    AttemptEnd, DispatchRequest, ExpiredLease, Guarded, Outcome, Stepped, Store, StoreError,
+    AttemptEnd, AttemptRecord, DispatchRequest, ExpiredLease, Guarded, Outcome, Started, Stepped,
+    Store, StoreError,
 };
 
 /// Most attempts asked for in one call.
@@ -102,6 +103,32 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Adds a runner's record to the batch. An end whose attempt's start still waits in the
+    /// batch (a process that ended before its start was sent) takes the start along: the end's
+    /// transition then writes spawning → running first, as for an in-process agent, and the
+    /// start's own write is dropped. Its sender no longer waits for it: a runner sends the end
+    /// only after its process is gone.
+    fn take(&mut self, mut r: PendingRecord) {
+        if let AttemptRecord::Ended { agent, end, .. } = &mut r.record
+            && end.started.is_none()
+            && let Some(i) = self.batch.iter().position(
+                |p| matches!(&p.record, AttemptRecord::Running { agent: a, .. } if a == agent),
+            )
+            && let AttemptRecord::Running {
+                at_ms,
+                pid,
+                proc_start,
+                ..
+            } = self.batch.remove(i).record
+        {
+            end.started = Some(Started {
+                at_ms,
+                process: Some((pid, proc_start)),
+            });
+        }
+        self.batch.push(r);
+    }
+
     /// The delayed set may have changed, and the change is done in Valkey: the next promotion
     /// re-reads when its earliest job is due.
     fn delay_may_have_changed(&mut self) {
@@ -183,7 +210,7 @@ impl Scheduler {
             }
             while st.batch.len() < MAX_RECORD_BATCH {
                 match self.records.try_recv() {
-                    Ok(r) => st.batch.push(r),
+                    Ok(r) => st.take(r),
                     Err(_) => break,
                 }
             }
@@ -235,7 +262,11 @@ impl Scheduler {
                     Ok((flight, out)) => self.landed(&mut st, flight, out),
                     Err(e) => tracing::error!(error = %e, "a queue write task failed"),
                 },
-                r = self.records.recv() => st.batch.extend(r),
+                r = self.records.recv() => {
+                    if let Some(r) = r {
+                        st.take(r);
+                    }
+                }
                 () = self.wake.notified() => {
                     // The enqueue that woke us is done in Valkey: a promotion sent from now on
                     // sees its job if it is delayed.
@@ -455,7 +486,7 @@ impl Scheduler {
             exit_code: None,
             signal: None,
             output_tail: String::new(),
-            started_in_process_at_ms: None,
+            started: None,
         };
         match self
             .store
@@ -489,4 +520,84 @@ async fn ensure_dead(pid: u32, start: u64) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosaic_shared::ids::JobId;
+
+    fn pending(record: AttemptRecord) -> PendingRecord {
+        PendingRecord {
+            record,
+            reply: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    fn running(job: &JobId, n: u32) -> AttemptRecord {
+        AttemptRecord::Running {
+            job: job.clone(),
+            agent: AgentId::of_attempt(job, n),
+            at_ms: 100 + i64::from(n),
+            pid: 4000 + n,
+            proc_start: 77,
+        }
+    }
+
+    fn ended(job: &JobId, n: u32, started: Option<Started>) -> AttemptRecord {
+        AttemptRecord::Ended {
+            job: job.clone(),
+            agent: AgentId::of_attempt(job, n),
+            at_ms: 200,
+            end: AttemptEnd {
+                outcome: Outcome::Completed,
+                retry_delay: Duration::ZERO,
+                error: String::new(),
+                exit_code: Some(0),
+                signal: None,
+                output_tail: String::new(),
+                started,
+            },
+        }
+    }
+
+    fn started_of(p: &PendingRecord) -> Option<Started> {
+        match &p.record {
+            AttemptRecord::Ended { end, .. } => end.started,
+            AttemptRecord::Running { .. } => None,
+        }
+    }
+
+    #[test]
+    fn an_end_takes_along_its_attempts_unsent_start_and_nothing_else() {
+        let (a, b) = (JobId::generate(), JobId::generate());
+        let mut st = Pipeline::default();
+        st.take(pending(running(&a, 1)));
+        st.take(pending(running(&b, 1)));
+        st.take(pending(ended(&a, 1, None)));
+        // b's start stays, a's start went into a's end.
+        assert_eq!(st.batch.len(), 2);
+        assert!(matches!(&st.batch[0].record, AttemptRecord::Running { job, .. } if *job == b));
+        assert_eq!(
+            started_of(&st.batch[1]),
+            Some(Started {
+                at_ms: 101,
+                process: Some((4001, 77)),
+            })
+        );
+
+        // An end whose start was sent already (not in the batch) goes as it is, and so does
+        // one that carries its own start (an in-process agent).
+        let mut st = Pipeline::default();
+        st.take(pending(ended(&a, 2, None)));
+        let own = Some(Started {
+            at_ms: 5,
+            process: None,
+        });
+        st.take(pending(running(&b, 3)));
+        st.take(pending(ended(&b, 3, own)));
+        assert_eq!(st.batch.len(), 3);
+        assert_eq!(started_of(&st.batch[0]), None);
+        assert_eq!(started_of(&st.batch[2]), own);
+    }
 }

@@ -99,7 +99,7 @@ fn end(outcome: Outcome, delay_ms: u64) -> AttemptEnd {
         exit_code: Some(if outcome == Outcome::Completed { 0 } else { 1 }),
         signal: None,
         output_tail: String::new(),
-        started_in_process_at_ms: None,
+        started: None,
     }
 }
 

@@ -15,7 +15,7 @@ pub use events::{AttemptEvents, EventReader, READ_BATCH};
 
 pub use queue::{
     AttemptEnd, AttemptRecord, DispatchRequest, Dispatched, ExpiredLease, Guarded, JobRecord,
-    NewJob, Outcome, QueueCounts, Stepped, TraceContext,
+    NewJob, Outcome, QueueCounts, Started, Stepped, TraceContext,
 };
 
 use std::collections::HashMap;

@@ -78,8 +78,9 @@ const STEP: &str = r"
 --       [11] number of records, then per record:
 --       'run', job, agent, attempt, at, pid, process start time (7 fields);
 --       'end', job, agent, attempt, at, outcome, retry delay ms, error, exit code, signal,
---       output tail, in-process start time ('' unless the attempt started and ended in
---       process) (12 fields).
+--       output tail, start time, pid, process start time (the last three '' unless the
+--       attempt's start is written with its end: an in-process agent, or a process that
+--       ended before its start was sent; an in-process agent has no pid) (14 fields).
 -- Constants (step_constants, put before this body): SCAN, PROMOTE_BATCH, the allowed-states
 -- sets RUN_AGENT and RUN_JOB, and ENDS[outcome] = {agent = set, job = set}; built from the Rust
 -- state machines once, so no call sends or parses them.
@@ -134,7 +135,7 @@ local function running(id, agent, n, at, pid, pstart)
   return 1, IMPLIED[j[1]]
 end
 
-local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inproc)
+local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inproc, pid, pstart)
   local job = job_key(id)
   local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'error', 'counted',
     'failures', 'max_retries', 'events', 'trace')
@@ -160,6 +161,8 @@ local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inp
   put_some(attempt_field(n, 'exit_code'), code)
   put_some(attempt_field(n, 'signal'), sig)
   put_some(attempt_field(n, 'started_at_ms'), inproc)
+  put_some(attempt_field(n, 'pid'), pid)
+  put_some(attempt_field(n, 'proc_start'), pstart)
   left_active[#left_active + 1] = id
   if j[5] == '1' then
     redis.call('HINCRBY', RUNNING, redis.call('HGET', job, 'profile'), -1)
@@ -217,8 +220,9 @@ for _ = 1, count do
     b = b + 7
   else
     code, state = ended(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
-      ARGV[b + 7], ARGV[b + 8], ARGV[b + 9], ARGV[b + 10], ARGV[b + 11], ARGV[b + 12])
-    b = b + 12
+      ARGV[b + 7], ARGV[b + 8], ARGV[b + 9], ARGV[b + 10], ARGV[b + 11], ARGV[b + 12],
+      ARGV[b + 13], ARGV[b + 14])
+    b = b + 14
   end
   out[#out + 1] = code
   out[#out + 1] = state
@@ -483,9 +487,18 @@ pub struct AttemptEnd {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub output_tail: String,
-    /// For an in-process agent that starts and ends in one step: when it started. The script
-    /// then records spawning → running first, in the same transaction.
-    pub started_in_process_at_ms: Option<i64>,
+    /// For an attempt whose start is written with its end: when it started, and its process
+    /// (none for an in-process agent). The script then records spawning → running first, in the
+    /// same transaction. See `scheduler`'s folding of a start into its end.
+    pub started: Option<Started>,
+}
+
+/// When an attempt started running, written together with its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub at_ms: i64,
+    /// The process and its start time (`/proc` ticks); none for an in-process agent.
+    pub process: Option<(u32, u64)>,
 }
 
 /// An attempt's progress, applied by STEP in the order given.
@@ -530,7 +543,7 @@ impl AttemptRecord {
         matches!(self, AttemptRecord::Ended { .. })
     }
 
-    /// STEP's arguments for this record: 7 for a start, 12 for an end.
+    /// STEP's arguments for this record: 7 for a start, 14 for an end.
     fn args(&self) -> Result<Vec<String>, String> {
         let attempt = self
             .agent()
@@ -570,8 +583,14 @@ impl AttemptRecord {
                 end.exit_code.map(|c| c.to_string()).unwrap_or_default(),
                 end.signal.map(|s| s.to_string()).unwrap_or_default(),
                 end.output_tail.clone(),
-                end.started_in_process_at_ms
-                    .map(|t| t.to_string())
+                end.started.map(|s| s.at_ms.to_string()).unwrap_or_default(),
+                end.started
+                    .and_then(|s| s.process)
+                    .map(|(pid, _)| pid.to_string())
+                    .unwrap_or_default(),
+                end.started
+                    .and_then(|s| s.process)
+                    .map(|(_, start)| start.to_string())
                     .unwrap_or_default(),
             ],
         })
