@@ -24,6 +24,17 @@ fn one<'a>(spans: &'a [Span], trace: &str, service: &str, name: &str) -> &'a Spa
     found[0]
 }
 
+/// Whether the hub's `admin` span and the spoke's `spawn` span of `trace` have both arrived
+/// (each process exports in batches of its own).
+fn has_both_ends(spans: &[Span], trace: &str) -> bool {
+    let has = |service: &str, name: &str| {
+        spans
+            .iter()
+            .any(|s| s.trace_id == trace && s.service == service && s.name == name)
+    };
+    has("mosaic-hub", "admin") && has("mosaic-spoke", "spawn")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trace_goes_from_the_admin_request_through_the_signed_command_to_the_spokes_spans_and_events()
  {
@@ -160,9 +171,7 @@ async fn a_trace_goes_from_the_admin_request_through_the_signed_command_to_the_s
     );
     let spans = collector
         .wait_for(Duration::from_secs(15), |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == other_trace && s.name == "spawn")
+            has_both_ends(spans, other_trace)
         })
         .await;
     let http_admin = one(&spans, other_trace, "mosaic-hub", "admin");
@@ -179,11 +188,7 @@ async fn a_trace_goes_from_the_admin_request_through_the_signed_command_to_the_s
     );
     assert!(untraced_events.iter().all(|e| &e.trace_id == own));
     let spans = collector
-        .wait_for(Duration::from_secs(15), |spans| {
-            spans
-                .iter()
-                .any(|s| &s.trace_id == own && s.name == "spawn")
-        })
+        .wait_for(Duration::from_secs(15), |spans| has_both_ends(spans, own))
         .await;
     assert!(
         one(&spans, own, "mosaic-hub", "admin")
