@@ -73,6 +73,8 @@ struct Handle {
 pub struct PendingRecord {
     pub record: AttemptRecord,
     pub reply: oneshot::Sender<Guarded>,
+    /// When the runner sent it.
+    pub sent: tokio::time::Instant,
 }
 
 /// Sends attempt records to the scheduler, which writes them in batches.
@@ -92,7 +94,11 @@ impl Recorder {
     fn send(&self, record: AttemptRecord) -> oneshot::Receiver<Guarded> {
         let (reply, rx) = oneshot::channel();
         // A send error drops `reply`, and the receiver reports that.
-        let _ = self.0.send(PendingRecord { record, reply });
+        let _ = self.0.send(PendingRecord {
+            record,
+            reply,
+            sent: tokio::time::Instant::now(),
+        });
         rx
     }
 }

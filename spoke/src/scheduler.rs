@@ -46,6 +46,11 @@ use crate::store::{
 const MAX_DISPATCH_BATCH: usize = 64;
 /// Most attempt records written in one call.
 const MAX_RECORD_BATCH: usize = 256;
+/// How long a start record waits before it is sent, so that the end of a process that exits
+/// at once finds it and takes it along (`Pipeline::take`): one transition instead of two. The
+/// attempt shows `running` that much later; it is already `spawning`, and the process is
+/// supervised from its first instant either way.
+const START_LINGER: Duration = Duration::from_millis(5);
 /// Longest wait between retries of a failed call.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 /// Calls in flight at once: one can carry new attempts while another writes records, so
@@ -257,6 +262,16 @@ impl Scheduler {
             if let Some(t) = st.retry_at {
                 wait = wait.min(t.saturating_duration_since(Instant::now()));
             }
+            // A lingering start is sent when its time is up.
+            if let Some(sent) = st
+                .batch
+                .iter()
+                .filter(|p| !p.record.is_end() && !st.busy_agents.contains(p.record.agent()))
+                .map(|p| p.sent)
+                .min()
+            {
+                wait = wait.min((sent + START_LINGER).saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 Some(done) = flights.join_next(), if !flights.is_empty() => match done {
                     Ok((flight, out)) => self.landed(&mut st, flight, out),
@@ -286,8 +301,10 @@ impl Scheduler {
     fn next_flight(&self, st: &mut Pipeline, running: bool) -> Option<Flight> {
         let mut records = Vec::new();
         let mut held = Vec::new();
+        let now = Instant::now();
         for p in st.batch.drain(..) {
-            if st.busy_agents.contains(p.record.agent()) {
+            let lingering = !p.record.is_end() && now < p.sent + START_LINGER;
+            if lingering || st.busy_agents.contains(p.record.agent()) {
                 held.push(p);
             } else {
                 st.busy_agents.insert(p.record.agent().clone());
@@ -531,6 +548,7 @@ mod tests {
         PendingRecord {
             record,
             reply: tokio::sync::oneshot::channel().0,
+            sent: Instant::now(),
         }
     }
 
