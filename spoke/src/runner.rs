@@ -407,6 +407,9 @@ async fn run(
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (result_tx, mut result_rx) = watch::channel::<Option<ClaudeResult>>(None);
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+    // The writer appends nothing before the attempt's start is written, so that what the agent
+    // reports follows `agent.running` in the stream (see `settle_start`).
+    let (gate, gate_rx) = watch::channel(false);
     let format = plan.profile.format;
     let pump = tokio::spawn(output::pump(
         child.stdout.take().expect("stdout is piped"),
@@ -422,9 +425,11 @@ async fn run(
         d.clone(),
         plan.workdir.clone(),
         events_rx,
+        gate_rx,
     ));
-    let output = Output {
-        pump,
+    let mut output = Output {
+        pump: Some(pump),
+        pump_end: None,
         writer,
         tail,
         result: result_rx.clone(),
@@ -451,6 +456,7 @@ async fn run(
                 if running.is_some() =>
             {
                 running = None;
+                let _ = gate.send(true);
                 if !matches!(written, Ok(Guarded::Applied(_))) {
                     // We cannot record that it runs, so it must not run.
                     signal_group(group, Signal::SIGKILL);
@@ -461,6 +467,7 @@ async fn run(
             }
             status = child.wait() => {
                 signal_group(group, Signal::SIGKILL);
+                settle_start(running.take(), &mut output, &gate).await;
                 let (tail, result) = output.finish().await;
                 return exited(status, tail, format, result);
             }
@@ -504,6 +511,7 @@ async fn run(
         }
     };
     signal_group(group, Signal::SIGKILL);
+    settle_start(running.take(), &mut output, &gate).await;
     let (output_tail, result) = output.finish().await;
     if why == Stop::AfterResult {
         let mut ended = exited(status, output_tail, format, result);
@@ -522,9 +530,28 @@ async fn run(
     }
 }
 
+/// Once the process is gone, decides how its start is written, then opens the writer's gate.
+/// If the start record has not landed yet and the agent reported nothing, it stays with the
+/// scheduler, which sends it along with the end (one transition). If the agent reported
+/// events, the start is written first, so that they follow `agent.running` in the stream.
+async fn settle_start(
+    running: Option<oneshot::Receiver<Guarded>>,
+    output: &mut Output,
+    gate: &watch::Sender<bool>,
+) {
+    if let Some(running) = running
+        && output.events_reported().await > 0
+    {
+        let _ = running.await;
+    }
+    let _ = gate.send(true);
+}
+
 /// The output side of a running attempt.
 struct Output {
-    pump: tokio::task::JoinHandle<output::PumpEnd>,
+    /// Until [`Output::events_reported`] has waited for it.
+    pump: Option<tokio::task::JoinHandle<output::PumpEnd>>,
+    pump_end: Option<output::PumpEnd>,
     writer: tokio::task::JoinHandle<()>,
     tail: Arc<Mutex<Tail>>,
     result: watch::Receiver<Option<ClaudeResult>>,
@@ -532,13 +559,31 @@ struct Output {
 }
 
 impl Output {
+    /// Waits (bounded) for the pipes to be read to their end; how many events the agent's
+    /// output gave (all of them if it returns in time).
+    async fn events_reported(&mut self) -> u64 {
+        if let Some(pump) = self.pump.take()
+            && let Ok(Ok(end)) = tokio::time::timeout(OUTPUT_DRAIN, pump).await
+        {
+            self.pump_end = Some(end);
+        }
+        // A pump that did not end in time may have sent some: count it as reporting.
+        self.pump_end.as_ref().map_or(1, |e| e.events_sent)
+    }
+
     /// Waits (bounded) for the pipes to be read to their end and the events to be written;
     /// returns the tail and, for Claude Code, its last result.
-    async fn finish(self) -> (String, Option<ClaudeResult>) {
+    async fn finish(mut self) -> (String, Option<ClaudeResult>) {
         // The group was SIGKILLed, so the pipes close promptly; bound the wait regardless (a
         // process that left the group could hold them open).
+        let pump = self.pump.take();
+        let pump_end = self.pump_end.take();
         let drained = async {
-            if let Ok(end) = self.pump.await
+            let end = match pump {
+                Some(pump) => pump.await.ok(),
+                None => pump_end,
+            };
+            if let Some(end) = end
                 && (end.dropped_lines > 0 || end.events_undelivered > 0)
             {
                 tracing::info!(
@@ -569,9 +614,12 @@ async fn write_events(
     d: Dispatched,
     workdir: std::path::PathBuf,
     mut events: mpsc::Receiver<AgentEvent>,
+    mut gate: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(EVENT_BATCH);
     while events.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+        // Closed only if the attempt's task is gone; then write what there is.
+        let _ = gate.wait_for(|open| *open).await;
         let mut stamped = Vec::with_capacity(batch.len());
         for event in batch.drain(..) {
             let event = match event {
