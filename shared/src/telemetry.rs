@@ -30,11 +30,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports what is left and stops the exporter (waits at most the exporter's timeout).
     pub async fn shutdown(self) {
         if let Some(provider) = self.provider {

@@ -34,8 +34,8 @@ pub struct RawTls {
 pub struct Tls {
     ca: Option<Vec<u8>>,
     client: Option<(Vec<u8>, Vec<u8>)>,
-    /// The files it came from, watched for changes (a reload logs that a restart applies them).
-    pub files: Vec<PathBuf>,
+    /// The files it was read from: what `Debug` shows instead of the key material.
+    files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -294,22 +294,24 @@ impl ConnectionLike for Connection {
 
 /// Why connecting to Valkey failed, with what to do when it is the credentials.
 pub fn connect_failure(e: &RedisError) -> String {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
     if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || e.to_string().contains("WRONGPASS")
-        || e.to_string().contains("NOAUTH")
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
     {
         format!(
             "authentication failed ({e}); check the user and password in the URL (redis://user:password@host:port, unix:///path?user=…&pass=…) or VALKEY_USERNAME / VALKEY_PASSWORD"
         )
     } else if ["certificate", "tls", "alert", "handshake"]
         .iter()
-        .any(|w| e.to_string().to_lowercase().contains(w))
+        .any(|w| lower.contains(w))
     {
         format!(
             "TLS handshake failed ({e}); check that [valkey_tls] ca is the CA that signed the server's certificate, that the certificate names the host in valkey_url, and that the server accepts the client certificate"
         )
     } else {
-        e.to_string()
+        text
     }
 }
 

@@ -271,10 +271,7 @@ async fn record_end(recorder: &Recorder, d: &Dispatched, ended: Ended) {
         exit_code: ended.exit_code,
         signal: ended.signal,
         output_tail: ended.output_tail,
-        started: ended.started_in_process_at_ms.map(|at_ms| Started {
-            at_ms,
-            process: None,
-        }),
+        started: ended.started,
     };
     let outcome = end.outcome;
     let written = recorder.send(AttemptRecord::Ended {
@@ -319,8 +316,8 @@ struct Ended {
     signal: Option<i32>,
     error: String,
     output_tail: String,
-    /// Set for an in-process agent whose start is recorded with its end.
-    started_in_process_at_ms: Option<i64>,
+    /// Set for an in-process agent, whose start is recorded with its end.
+    started: Option<Started>,
 }
 
 impl Ended {
@@ -331,7 +328,7 @@ impl Ended {
             signal: None,
             error,
             output_tail: String::new(),
-            started_in_process_at_ms: None,
+            started: None,
         }
     }
 
@@ -368,7 +365,10 @@ async fn run(
         // start and end are recorded together, in the end's transaction.
         return Ended {
             outcome: Outcome::Completed,
-            started_in_process_at_ms: Some(unix_ms()),
+            started: Some(Started {
+                at_ms: unix_ms(),
+                process: None,
+            }),
             ..Ended::failed(String::new())
         };
     }
@@ -741,7 +741,7 @@ fn exited(
         signal,
         error,
         output_tail,
-        started_in_process_at_ms: None,
+        started: None,
     }
 }
 

@@ -498,26 +498,6 @@ impl Federation {
         self.valkey_toml.url.clone()
     }
 
-    /// How hub and spokes reach Valkey (URL, cluster, TLS files), for a store of the test's own.
-    pub fn valkey_target(&self) -> mosaic_shared::valkey::Target {
-        let tls = self
-            .valkey_toml
-            .tls
-            .as_ref()
-            .map(|t| mosaic_shared::valkey::RawTls {
-                ca: Some(t.ca.clone()),
-                cert: Some(t.client_cert.clone()),
-                key: Some(t.client_key.clone()),
-            });
-        mosaic_shared::valkey::Target::new(
-            self.valkey_toml.url.clone(),
-            self.valkey_toml.cluster,
-            tls.as_ref(),
-            self.dir(),
-        )
-        .expect("the harness's Valkey settings are valid")
-    }
-
     /// The cluster (see [`FederationBuilder::valkey_cluster`]).
     pub fn cluster(&self) -> &valkey::ValkeyCluster {
         self.cluster
