@@ -33,4 +33,4 @@ if [[ "$only" == "" || "$only" == "events" ]]; then
   # itself.
   cargo build --release -p mosaic-hub --bin mosaic-hub
 fi
-exec cargo run --release -p mosaic-bench -- "$@"
+exec cargo run --release -p mosaic-bench --bin mosaic-bench -- "$@"

@@ -66,6 +66,10 @@ pub struct Args {
     /// all of them.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
+    /// Measure only these scheduler cases (ids as in the table, comma-separated, e.g.
+    /// `noop-c10,noop-c100`). By default, all of them.
+    #[arg(long, value_delimiter = ',')]
+    pub cases: Vec<String>,
     /// Events: numbers of watchers to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     pub watchers: Vec<usize>,
@@ -208,6 +212,17 @@ pub async fn run(args: Args, env: &Env) -> anyhow::Result<()> {
         for c in PROCESS_CONCURRENCY {
             cases.push(Case::new(kind, c, args.process_jobs, &program));
         }
+    }
+
+    if !args.cases.is_empty() {
+        let known: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+        if let Some(unknown) = args.cases.iter().find(|id| !known.contains(id)) {
+            anyhow::bail!(
+                "--cases: no case `{unknown}`; the cases are {}",
+                known.join(", ")
+            );
+        }
+        cases.retain(|c| args.cases.contains(&c.id));
     }
 
     // Rounds alternate the sides case by case, so that drift in the machine hits both alike.

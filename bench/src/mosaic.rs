@@ -178,7 +178,7 @@ fn stat_ticks(stat_path: &str) -> anyhow::Result<(f64, f64)> {
 }
 
 /// Enqueues `jobs` jobs for `profile` from [`IN_FLIGHT`] concurrent lanes.
-async fn fill(store: &Store, profile: &str, jobs: usize) -> anyhow::Result<()> {
+pub async fn fill(store: &Store, profile: &str, jobs: usize) -> anyhow::Result<()> {
     let spec = serde_json::to_string(&JobSpec::default())?;
     let template = NewJob {
         job_id: JobId::generate(),

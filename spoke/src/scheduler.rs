@@ -53,8 +53,9 @@ const MAX_RECORD_BATCH: usize = 256;
 const START_LINGER: Duration = Duration::from_millis(5);
 /// Longest wait between retries of a failed call.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
-/// Calls in flight at once: one can carry new attempts while another writes records, so
-/// Valkey works on one while this process handles the other's reply.
+/// Calls in flight at once: Valkey works on one while this process handles another's reply.
+/// Each may carry records and new attempts, so that with few slots the attempts form cohorts
+/// that take turns instead of waiting for one another.
 const MAX_IN_FLIGHT: usize = 2;
 
 /// A call on its way to Valkey.
@@ -62,9 +63,12 @@ struct Flight {
     records: Vec<PendingRecord>,
     /// The dispatch's token and count, if it creates attempts.
     dispatch: Option<(String, usize)>,
-    /// Whether this call is the one allowed to dispatch or promote.
-    dispatching: bool,
+    /// Whether the dispatch repeats one whose call failed.
+    repeat: bool,
+    /// Whether it promotes due delayed jobs (and reads when the next is due).
     promote: bool,
+    /// `Pipeline::raised` when it was sent.
+    raised: u64,
     /// For a promotion: how many changes to the delayed set had been seen when it was sent
     /// (see `Pipeline::delays_seen`). Its answer covers those, and only those.
     delays_seen: u64,
@@ -81,14 +85,19 @@ struct Pipeline {
     reserved: usize,
     /// Ends in flight: their attempts have finished, and their slots free up when they land.
     ending: usize,
-    /// At most one call dispatches or promotes at a time, so its result about the queue
-    /// (runnable, next due) is never overtaken by an older one.
-    dispatch_in_flight: bool,
-    /// The dispatch (token, count) of a call that failed: asked for again, so that a call
-    /// which ran but whose reply was lost returns what it created.
-    asked: Option<(String, usize)>,
+    /// At most one call promotes at a time, so its answer about the delayed set (next due)
+    /// is never overtaken by an older one.
+    promote_in_flight: bool,
+    /// The dispatches (token, count) of calls that failed: each is asked for again, so that a
+    /// call which ran but whose reply was lost returns what it created.
+    asked: Vec<(String, usize)>,
     /// Whether the queue may hold a job that could start now.
     runnable: bool,
+    /// How many times `runnable` was raised (an enqueue's wake-up, slots freed, a promotion,
+    /// maintenance). A dispatch that found too few jobs clears `runnable` only if nothing
+    /// raised it since the dispatch was sent: calls in flight together may run in either
+    /// order, and an older answer must not hide jobs that a newer event announced.
+    raised: u64,
     /// When the earliest delayed job is due (unix ms), as last read.
     next_due: Option<i64>,
     /// Whether the delayed set may have changed since `next_due` was read (a delayed job
@@ -108,6 +117,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// The queue may hold a job that could start now.
+    fn raise(&mut self) {
+        self.runnable = true;
+        self.raised += 1;
+    }
+
     /// Adds a runner's record to the batch. An end whose attempt's start still waits in the
     /// batch (a process that ended before its start was sent) takes the start along: the end's
     /// transition then writes spawning → running first, as for an in-process agent, and the
@@ -210,7 +225,7 @@ impl Scheduler {
             if Instant::now() >= next_maintenance {
                 self.maintain().await;
                 next_maintenance = Instant::now() + maintenance_every;
-                st.runnable = true;
+                st.raise();
                 st.delay_may_have_changed();
             }
             while st.batch.len() < MAX_RECORD_BATCH {
@@ -240,21 +255,23 @@ impl Scheduler {
                         token,
                         lease,
                         owner: &owner,
+                        repeat: flight.repeat,
                         total_limit: total,
                         profile_limits: &limits,
                         promote: flight.promote,
                     };
-                    let dispatch = flight.dispatching.then_some(&request);
+                    let dispatch =
+                        (flight.dispatch.is_some() || flight.promote).then_some(&request);
                     let out = store.step(unix_ms(), &records, dispatch).await;
                     (flight, out)
                 });
                 continue;
             }
             let mut wait = next_maintenance.saturating_duration_since(Instant::now());
-            // A due time matters only to a call that may promote: with a dispatch in flight,
+            // A due time matters only to a call that may promote: with a promotion in flight,
             // its landing wakes the loop instead.
             if now_phase == Phase::Run
-                && !st.dispatch_in_flight
+                && !st.promote_in_flight
                 && let Some(t) = st.next_due
             {
                 wait = wait.min(Duration::from_millis((t - unix_ms()).max(0) as u64));
@@ -285,7 +302,7 @@ impl Scheduler {
                 () = self.wake.notified() => {
                     // The enqueue that woke us is done in Valkey: a promotion sent from now on
                     // sees its job if it is delayed.
-                    st.runnable = true;
+                    st.raise();
                     st.delay_may_have_changed();
                 }
                 () = tokio::time::sleep(wait) => {}
@@ -296,8 +313,9 @@ impl Scheduler {
     }
 
     /// The next call to make, if there is anything to write or to start now: the records
-    /// whose attempts have no record in flight (so one attempt's records land in order), and,
-    /// unless a dispatch is already in flight, new attempts for free slots and promotion.
+    /// whose attempts have no record in flight (so one attempt's records land in order), new
+    /// attempts for free slots (a failed dispatch first), and, unless a promotion is already in
+    /// flight, promotion of due delayed jobs.
     fn next_flight(&self, st: &mut Pipeline, running: bool) -> Option<Flight> {
         let mut records = Vec::new();
         let mut held = Vec::new();
@@ -313,10 +331,10 @@ impl Scheduler {
         }
         st.batch = held;
         let ending = records.iter().filter(|r| r.record.is_end()).count();
-        let dispatching = running && !st.dispatch_in_flight;
         let mut dispatch = None;
+        let mut repeat = false;
         let mut promote = false;
-        if dispatching {
+        if running {
             // Ends in this call land before its dispatch. Ends in a call already in flight
             // most likely land before it too (it was sent first); if not, Valkey still counts
             // them active and starts fewer, and their landing asks again. Valkey's count of
@@ -330,29 +348,32 @@ impl Scheduler {
                 .saturating_sub(occupied)
                 .min(MAX_DISPATCH_BATCH);
             let due = st.next_due.is_some_and(|t| t <= unix_ms());
-            promote = due || st.check_due;
-            if (st.runnable || due) && free > 0 {
+            if !st.promote_in_flight {
+                promote = due || st.check_due;
+                // A promotion makes delayed jobs runnable.
+                st.promoted_due |= due;
+            }
+            if (st.runnable || (due && promote)) && free > 0 {
+                repeat = !st.asked.is_empty();
                 dispatch = Some(
                     st.asked
-                        .take()
+                        .pop()
                         .unwrap_or_else(|| (uuid::Uuid::now_v7().to_string(), free)),
                 );
             }
-            // A promotion makes delayed jobs runnable.
-            st.promoted_due |= due;
         }
         if records.is_empty() && dispatch.is_none() && !promote {
             return None;
         }
-        let dispatching = dispatching && (dispatch.is_some() || promote);
-        st.dispatch_in_flight |= dispatching;
+        st.promote_in_flight |= promote;
         st.reserved += dispatch.as_ref().map_or(0, |(_, c)| *c);
         st.ending += ending;
         Some(Flight {
             records,
             dispatch,
-            dispatching,
+            repeat,
             promote,
+            raised: st.raised,
             delays_seen: st.delays_seen,
         })
     }
@@ -362,8 +383,8 @@ impl Scheduler {
         let ending = flight.records.iter().filter(|r| r.record.is_end()).count();
         st.ending -= ending;
         st.reserved -= flight.dispatch.as_ref().map_or(0, |(_, c)| *c);
-        if flight.dispatching {
-            st.dispatch_in_flight = false;
+        if flight.promote {
+            st.promote_in_flight = false;
         }
         for p in &flight.records {
             st.busy_agents.remove(p.record.agent());
@@ -379,7 +400,7 @@ impl Scheduler {
                 let mut records = flight.records;
                 records.append(&mut st.batch);
                 st.batch = records;
-                st.asked = flight.dispatch;
+                st.asked.extend(flight.dispatch);
                 if flight.promote {
                     st.check_due = true;
                 }
@@ -404,16 +425,23 @@ impl Scheduler {
             // A change seen after it was sent may be missing from its answer: read again.
             st.check_due = st.delays_seen != flight.delays_seen;
             if std::mem::take(&mut st.promoted_due) {
-                st.runnable = true;
+                st.raise();
             }
         }
         if let Some((_, count)) = flight.dispatch {
-            // Fewer than asked: nothing more can start until something changes.
-            st.runnable = out.dispatched.len() == count;
+            if out.dispatched.len() == count {
+                st.runnable = true;
+            } else if st.raised == flight.raised {
+                // Fewer than asked, and nothing announced since it was sent: nothing more can
+                // start until something changes. (An older answer that lands after a newer
+                // one can be stale only while attempts it did not see are running, and their
+                // ends raise it again.)
+                st.runnable = false;
+            }
         }
         if ending > 0 {
             // Freed slots: a dispatch that found the spoke full may succeed now.
-            st.runnable = true;
+            st.raise();
         }
         for d in out.dispatched {
             // Planned again now: the profile may have changed since the job was queued.

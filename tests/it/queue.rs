@@ -54,16 +54,27 @@ fn new_job(profile: &str, options: JobOptions) -> NewJob {
     }
 }
 
-/// One dispatch call asking for one attempt, with `token`; also returns the next due time.
+/// One dispatch call asking for one attempt, with `token` (`repeat`: a retry of a call with
+/// that token); also returns the next due time.
 async fn dispatch_as(
     s: &Store,
     token: &str,
+    repeat: bool,
     now: i64,
     limit: usize,
     limits: &[(ProfileName, usize)],
 ) -> (Option<Dispatched>, Option<i64>) {
     let (mut started, next_due) = s
-        .dispatch_many(now, Duration::from_secs(30), 1, token, "me", limit, limits)
+        .dispatch_many(
+            now,
+            Duration::from_secs(30),
+            1,
+            token,
+            repeat,
+            "me",
+            limit,
+            limits,
+        )
         .await
         .unwrap();
     (started.pop(), next_due)
@@ -75,12 +86,14 @@ async fn dispatch(
     limit: usize,
     limits: &[(ProfileName, usize)],
 ) -> Option<Dispatched> {
-    dispatch_as(s, &fresh_token(), now, limit, limits).await.0
+    dispatch_as(s, &fresh_token(), false, now, limit, limits)
+        .await
+        .0
 }
 
 /// When the earliest delayed job is due, as a dispatch at `now` (with no slot free) reports it.
 async fn next_due(s: &Store, now: i64) -> Option<i64> {
-    dispatch_as(s, &fresh_token(), now, 0, &[]).await.1
+    dispatch_as(s, &fresh_token(), false, now, 0, &[]).await.1
 }
 
 fn fresh_token() -> String {
@@ -626,11 +639,11 @@ async fn repeated_calls_are_safe_to_retry() {
     );
 
     let token = fresh_token();
-    let first = dispatch_as(&s, &token, T0, 10, &[]).await.0.unwrap();
+    let first = dispatch_as(&s, &token, false, T0, 10, &[]).await.0.unwrap();
     let agent = first.agent_id.clone();
     // A second job waiting must not be taken by the repeat.
     s.enqueue(&new_job("p", options(5)), T0).await.unwrap();
-    let again = dispatch_as(&s, &token, T0, 10, &[]).await.0.unwrap();
+    let again = dispatch_as(&s, &token, true, T0, 10, &[]).await.0.unwrap();
     assert_eq!(
         (again.job_id, again.attempt),
         (first.job_id.clone(), first.attempt)
@@ -673,4 +686,13 @@ async fn repeated_calls_are_safe_to_retry() {
         remove("by command c2").await.unwrap(),
         Guarded::Refused("cancelled".into())
     );
+
+    // A repeat whose first try never ran (no attempt carries its token) dispatches anew: the
+    // job still waiting since the first dispatch.
+    let waiting = s.queue_counts().await.unwrap();
+    assert_eq!((waiting.active, waiting.pending), (0, 1));
+    let fresh = dispatch_as(&s, &fresh_token(), true, T0, 10, &[]).await.0;
+    let fresh = fresh.expect("the waiting job is dispatched");
+    assert_ne!(fresh.job_id, first.job_id);
+    assert_eq!(s.queue_counts().await.unwrap().active, 1);
 }

@@ -50,12 +50,6 @@ impl Keys {
         format!("{}cmd:{hub}:{id}", self.prefix)
     }
 
-    /// The token of the last dispatch by the spoke process `owner` (its scheduler's instance
-    /// id), so that a retried dispatch finds what its first try created.
-    pub fn dispatch_token(&self, owner: &str) -> String {
-        format!("{}q:dispatched:{owner}", self.prefix)
-    }
-
     /// Hash holding one job's record.
     pub fn job(&self, id: &str) -> String {
         format!("{}{JOB}{id}", self.prefix)
@@ -119,7 +113,6 @@ mod tests {
         let k = Keys::new(&"spoke-a".parse().unwrap());
         let all = [
             k.command(&"h".parse().unwrap(), &"c1".parse().unwrap()),
-            k.dispatch_token("0190-owner"),
             k.job("j1"),
             k.pending(),
             k.delayed(),

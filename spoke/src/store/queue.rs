@@ -70,253 +70,285 @@ return state
 
 const STEP: &str = r"
 -- KEYS: pending, delayed, active, paused, running-by-profile, events, done:completed,
---       done:failed, done:cancelled, this owner's dispatch token
+--       done:failed, done:cancelled
 -- ARGV: [1-2] key layout (see the prelude), [3] now, [4] lease_until, [5] owner,
 --       [6] total limit, [7] '1' to promote due delayed jobs and report the next due time,
 --       [8] how many attempts to create, [9] this dispatch's token (the same on a retry),
---       [10] profile limits 'name limit ...' ('' for none),
---       [11] number of records, then per record:
+--       [10] profile limits 'name limit ...' ('' for none), [11] '1' if this dispatch
+--       repeats one whose call failed (it may have run),
+--       [12] number of records, then per record:
 --       'run', job, agent, attempt, at, pid, process start time (7 fields);
 --       'end', job, agent, attempt, at, outcome, retry delay ms, error, exit code, signal,
 --       output tail, start time, pid, process start time (the last three '' unless the
 --       attempt's start is written with its end: an in-process agent, or a process that
 --       ended before its start was sent; an in-process agent has no pid) (14 fields).
--- Constants (step_constants, put before this body): SCAN, PROMOTE_BATCH, the allowed-states
--- sets RUN_AGENT and RUN_JOB, and ENDS[outcome] = {agent = set, job = set}; built from the Rust
--- state machines once, so no call sends or parses them.
 -- Returns {next due time or '', record count, code and state per record, then per attempt
 -- created: job id, attempt number, failures so far, profile, workspace, launch record}.
 -- Each event entry carries the job's event number `seq` of the first event it stands for, and
 -- the job's `events` field counts the events so far (events::expand says how many an entry
 -- stands for).
-local now, owner = ARGV[3], ARGV[5]
+--
+-- Written for the cost of a call, which is mostly Lua's own allocations, not the commands:
+-- the records are applied inline (no closure per call captures the loop's locals), tables are
+-- made only when they are filled, and the allowed-state checks RUN_OK and END_OK are plain
+-- comparisons that step_script writes in from the Rust state machines before the script is
+-- loaded (so no call builds or sends them). SCAN and PROMOTE_BATCH come the same way.
+local call = redis.call
+local PREFIX, AF, now, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local PENDING, DELAYED, ACTIVE, RUNNING, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
-local DONE = {completed = KEYS[7], failed = KEYS[8], cancelled = KEYS[9]}
-local run_agent, run_job, ends = RUN_AGENT, RUN_JOB, ENDS
-local limits, limited = {}, false
-do
-  local name
-  for x in string.gmatch(ARGV[10], '%S+') do
-    if name then limits[name] = tonumber(x); name = nil; limited = true else name = x end
-  end
-end
-local function ev(...)
-  redis.call('XADD', EVENTS, '*', ...)
-end
--- Queue moves are collected and made once per call.
-local left_active, finished = {}, {completed = {}, failed = {}, cancelled = {}}
-
--- The state of the job's current attempt, implied by the job's state while it is active.
-local IMPLIED = {assigned = 'spawning', executing = 'running'}
+-- Queue moves are collected and made once per call: ids that leave the active set, and
+-- (score, id) pairs per terminal state.
+local left_active, completed, failed, cancelled
 
 -- A record that is not for the live attempt: a repeat of one that was applied (answered as
--- applied), or stale (refused with the attempt's state).
+-- applied), or stale (refused with the attempt's state). The live attempt's state is written
+-- once it ends, and implied by the job's state before (assigned: spawning, executing:
+-- running).
 local function not_live(job, n, repeat_state, repeat_pid, answer)
-  local a = redis.call('HMGET', job, 'state', 'attempts', attempt_field(n, 'state'),
-    attempt_field(n, 'pid'))
+  local a = call('HMGET', job, 'state', 'attempts', AF .. n .. '.state', AF .. n .. '.pid')
   local state = a[3]
-  if not state and tonumber(a[2]) == tonumber(n) then state = IMPLIED[a[1]] end
+  if not state and a[2] == n then
+    if a[1] == 'assigned' then state = 'spawning' elseif a[1] == 'executing' then state = 'running' end
+  end
   if not state then return -1, '' end
   if state == repeat_state and (not repeat_pid or a[4] == repeat_pid) then return 1, answer end
   return 0, state
 end
 
-local function running(id, agent, n, at, pid, pstart)
-  local job = job_key(id)
-  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'events', 'trace')
-  if tonumber(j[2]) ~= tonumber(n) or not run_agent[IMPLIED[j[1]] or ''] or not run_job[j[1]] then
-    return not_live(job, n, 'running', pid, 'spawning')
-  end
-  local seq = tonumber(j[4]) + 1
-  redis.call('HSET', job, 'state', 'executing', attempt_field(n, 'started_at_ms'), at,
-    attempt_field(n, 'pid'), pid, attempt_field(n, 'proc_start'), pstart, 'events', seq)
-  ev(unpack(traced({'kind', 'agent.running', 'job_id', id, 'workspace', j[3], 'agent_id', agent,
-    'seq', seq, 'at_ms', at}, j[5])))
-  return 1, IMPLIED[j[1]]
-end
-
-local function ended(id, agent, n, at, outcome, delay, err, code, sig, tail, inproc, pid, pstart)
-  local job = job_key(id)
-  local j = redis.call('HMGET', job, 'state', 'attempts', 'workspace', 'error', 'counted',
-    'failures', 'max_retries', 'events', 'trace')
-  local allowed = ends[outcome]
-  local agent_to = outcome
-  if outcome == 'interrupted' then agent_to = 'failed' end
-  local current = tonumber(j[2]) == tonumber(n)
-  local jstate = j[1]
-  local astate = IMPLIED[jstate or ''] or ''
-  -- An in-process attempt starts and ends in this one step.
-  local start_here = inproc ~= '' and current and run_agent[astate] and run_job[jstate]
-  if start_here then jstate, astate = 'executing', 'running' end
-  if not current or not allowed.agent[astate] or not allowed.job[jstate] then
-    return not_live(job, n, agent_to, nil, j[1] or '')
-  end
-  local f = {attempt_field(n, 'state'), agent_to, attempt_field(n, 'finished_at_ms'), at}
-  local function put(k, v) f[#f + 1] = k; f[#f + 1] = v end
-  local function put_some(k, v) if v ~= '' then put(k, v) end end
-  -- The job's error explains its current state: cleared when it completes.
-  if err ~= (j[4] or '') then put('error', err) end
-  put_some(attempt_field(n, 'error'), err)
-  put_some(attempt_field(n, 'output_tail'), tail)
-  put_some(attempt_field(n, 'exit_code'), code)
-  put_some(attempt_field(n, 'signal'), sig)
-  put_some(attempt_field(n, 'started_at_ms'), inproc)
-  put_some(attempt_field(n, 'pid'), pid)
-  put_some(attempt_field(n, 'proc_start'), pstart)
-  left_active[#left_active + 1] = id
-  if j[5] == '1' then
-    redis.call('HINCRBY', RUNNING, redis.call('HGET', job, 'profile'), -1)
-    put('counted', 0)
-  end
-  local next, kind, ready = 'pending', 'job.requeued', nil
-  if outcome == 'completed' then
-    next, kind = 'completed', 'job.completed'
-  elseif outcome == 'killed' then
-    next, kind = 'cancelled', 'job.cancelled'
-  elseif outcome == 'interrupted' then
-    local o = redis.call('HMGET', job, 'priority', 'seq')
-    redis.call('ZADD', PENDING, pending_score(o[1], o[2]), id)
-  else
-    local failures = tonumber(j[6]) + 1
-    put('failures', failures)
-    if failures <= tonumber(j[7]) then
-      next, kind = 'delayed', 'job.retry'
-      ready = tonumber(at) + tonumber(delay)
-      redis.call('ZADD', DELAYED, ready, id)
-      put('ready_at_ms', ready)
-    else
-      next, kind = 'failed', 'job.failed'
-    end
-  end
-  if finished[next] then
-    local done = finished[next]
-    done[#done + 1] = at
-    done[#done + 1] = id
-    put('finished_at_ms', at)
-  end
-  put('state', next)
-  -- The attempt's end and the job's change; an in-process start comes first.
-  local seq, count = tonumber(j[8]) + 1, 2
-  if start_here then count = 3 end
-  put('events', seq + count - 1)
-  redis.call('HSET', job, unpack(f))
-  local e = {'kind', kind, 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'seq', seq,
-    'at_ms', at}
-  if err ~= '' then e[#e + 1] = 'error'; e[#e + 1] = err end
-  if ready then e[#e + 1] = 'ready_at_ms'; e[#e + 1] = ready end
-  if start_here then e[#e + 1] = 'started_at_ms'; e[#e + 1] = inproc end
-  ev(unpack(traced(e, j[9])))
-  return 1, next
-end
-
-local count = tonumber(ARGV[11])
+local count = tonumber(ARGV[12])
 local out = {'', count}
-local b = 11
-for _ = 1, count do
+local b = 12
+for r = 1, count do
+  local id, agent, n, at = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+  local job = PREFIX .. id
   local code, state
   if ARGV[b + 1] == 'run' then
-    code, state = running(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
-      ARGV[b + 7])
+    local pid, pstart = ARGV[b + 6], ARGV[b + 7]
     b = b + 7
+    local j = call('HMGET', job, 'state', 'attempts', 'workspace', 'events', 'trace')
+    local jstate = j[1]
+    local astate
+    if jstate == 'assigned' then astate = 'spawning' elseif jstate == 'executing' then astate = 'running' end
+    if j[2] == n and RUN_OK(astate, jstate) then
+      local seq = tonumber(j[4]) + 1
+      call('HSET', job, 'state', 'executing', AF .. n .. '.started_at_ms', at,
+        AF .. n .. '.pid', pid, AF .. n .. '.proc_start', pstart, 'events', seq)
+      if j[5] then
+        call('XADD', EVENTS, '*', 'kind', 'agent.running', 'job_id', id, 'workspace', j[3],
+          'agent_id', agent, 'seq', seq, 'at_ms', at, 'trace', j[5])
+      else
+        call('XADD', EVENTS, '*', 'kind', 'agent.running', 'job_id', id, 'workspace', j[3],
+          'agent_id', agent, 'seq', seq, 'at_ms', at)
+      end
+      code, state = 1, astate
+    else
+      code, state = not_live(job, n, 'running', pid, 'spawning')
+    end
   else
-    code, state = ended(ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6],
+    local outcome, delay, err, exit_code, sig, tail, inproc, pid, pstart = ARGV[b + 6],
       ARGV[b + 7], ARGV[b + 8], ARGV[b + 9], ARGV[b + 10], ARGV[b + 11], ARGV[b + 12],
-      ARGV[b + 13], ARGV[b + 14])
+      ARGV[b + 13], ARGV[b + 14]
     b = b + 14
-  end
-  out[#out + 1] = code
-  out[#out + 1] = state
-end
-if #left_active > 0 then redis.call('ZREM', ACTIVE, unpack(left_active)) end
-for state, members in pairs(finished) do
-  if #members > 0 then redis.call('ZADD', DONE[state], unpack(members)) end
-end
-
-if ARGV[7] == '1' then
-  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
-  for _, id in ipairs(due) do
-    local f = redis.call('HMGET', job_key(id), 'priority', 'seq', 'workspace', 'events', 'trace')
-    local seq = tonumber(f[4]) + 1
-    redis.call('ZADD', PENDING, pending_score(f[1], f[2]), id)
-    redis.call('HSET', job_key(id), 'state', 'pending', 'events', seq)
-    ev(unpack(traced({'kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq,
-      'at_ms', now}, f[5])))
-  end
-  if #due > 0 then redis.call('ZREM', DELAYED, unpack(due)) end
-end
-
--- What a new attempt needs: the launch record (what to run and how, encoded by Rust at
--- enqueue and passed through untouched), the attempt count, failures so far, profile and
--- workspace.
-local JOB_FIELDS = {'launch', 'attempts', 'failures', 'profile', 'workspace', 'dispatch_token',
-  'events', 'trace'}
-local function reply(id, attempt, f)
-  for _, v in ipairs({id, attempt, f[3], f[4], f[5], f[1]}) do
-    out[#out + 1] = v
-  end
-end
-local wanted, token = tonumber(ARGV[8]), ARGV[9]
-if wanted > 0 and redis.call('SET', KEYS[10], token, 'GET', 'PX', 86400000) == token then
-  -- A repeat (a retried call whose first try ran): the attempts it created, as they are.
-  for _, id in ipairs(redis.call('ZRANGE', ACTIVE, 0, -1)) do
-    local f = redis.call('HMGET', job_key(id), unpack(JOB_FIELDS))
-    if f[6] == token then reply(id, f[2], f) end
-  end
-elseif wanted > 0 and redis.call('EXISTS', KEYS[4]) == 0 then
-  local room = math.min(wanted, tonumber(ARGV[6]) - redis.call('ZCARD', ACTIVE))
-  local chosen = {}
-  if room > 0 and not limited then
-    local popped = redis.call('ZPOPMIN', PENDING, room)
-    for i = 1, #popped, 2 do chosen[#chosen + 1] = popped[i] end
-  end
-  -- With profile limits: the first pending job (in order, among the first `scan`) whose
-  -- profile is under its limit, one slot at a time.
-  local scan = SCAN
-  local function pick()
-    local offset = 0
-    while offset < scan do
-      local page = redis.call('ZRANGE', PENDING, offset, offset + 7)
-      if #page == 0 then return nil end
-      for _, id in ipairs(page) do
-        local p = redis.call('HGET', job_key(id), 'profile')
-        local limit = limits[p]
-        if not limit or (tonumber(redis.call('HGET', RUNNING, p)) or 0) < limit then
-          redis.call('ZREM', PENDING, id)
-          return id
+    local j = call('HMGET', job, 'state', 'attempts', 'workspace', 'error', 'counted',
+      'failures', 'max_retries', 'events', 'trace')
+    local agent_to = outcome
+    if outcome == 'interrupted' then agent_to = 'failed' end
+    local current = j[2] == n
+    local jstate = j[1]
+    local astate
+    if jstate == 'assigned' then astate = 'spawning' elseif jstate == 'executing' then astate = 'running' end
+    -- An in-process attempt starts and ends in this one step.
+    local start_here = inproc ~= '' and current and RUN_OK(astate, jstate)
+    if start_here then jstate, astate = 'executing', 'running' end
+    if not (current and END_OK(outcome, astate, jstate)) then
+      code, state = not_live(job, n, agent_to, nil, j[1] or '')
+    else
+      local af = AF .. n .. '.'
+      local f = {af .. 'state', agent_to, af .. 'finished_at_ms', at}
+      local k = 4
+      -- The job's error explains its current state: cleared when it completes.
+      if err ~= (j[4] or '') then f[k + 1] = 'error'; f[k + 2] = err; k = k + 2 end
+      if err ~= '' then f[k + 1] = af .. 'error'; f[k + 2] = err; k = k + 2 end
+      if tail ~= '' then f[k + 1] = af .. 'output_tail'; f[k + 2] = tail; k = k + 2 end
+      if exit_code ~= '' then f[k + 1] = af .. 'exit_code'; f[k + 2] = exit_code; k = k + 2 end
+      if sig ~= '' then f[k + 1] = af .. 'signal'; f[k + 2] = sig; k = k + 2 end
+      if inproc ~= '' then f[k + 1] = af .. 'started_at_ms'; f[k + 2] = inproc; k = k + 2 end
+      if pid ~= '' then f[k + 1] = af .. 'pid'; f[k + 2] = pid; k = k + 2 end
+      if pstart ~= '' then f[k + 1] = af .. 'proc_start'; f[k + 2] = pstart; k = k + 2 end
+      if left_active then left_active[#left_active + 1] = id else left_active = {id} end
+      if j[5] == '1' then
+        call('HINCRBY', RUNNING, call('HGET', job, 'profile'), -1)
+        f[k + 1] = 'counted'; f[k + 2] = 0; k = k + 2
+      end
+      local next, kind, ready = 'pending', 'job.requeued', nil
+      if outcome == 'completed' then
+        next, kind = 'completed', 'job.completed'
+        if completed then
+          completed[#completed + 1] = at; completed[#completed + 1] = id
+        else
+          completed = {at, id}
+        end
+      elseif outcome == 'killed' then
+        next, kind = 'cancelled', 'job.cancelled'
+        if cancelled then
+          cancelled[#cancelled + 1] = at; cancelled[#cancelled + 1] = id
+        else
+          cancelled = {at, id}
+        end
+      elseif outcome == 'interrupted' then
+        local o = call('HMGET', job, 'priority', 'seq')
+        call('ZADD', PENDING, pending_score(o[1], o[2]), id)
+      else
+        local failures = tonumber(j[6]) + 1
+        f[k + 1] = 'failures'; f[k + 2] = failures; k = k + 2
+        if failures <= tonumber(j[7]) then
+          next, kind = 'delayed', 'job.retry'
+          ready = tonumber(at) + tonumber(delay)
+          call('ZADD', DELAYED, ready, id)
+          f[k + 1] = 'ready_at_ms'; f[k + 2] = ready; k = k + 2
+        else
+          next, kind = 'failed', 'job.failed'
+          if failed then
+            failed[#failed + 1] = at; failed[#failed + 1] = id
+          else
+            failed = {at, id}
+          end
         end
       end
-      offset = offset + 8
+      if next ~= 'pending' and next ~= 'delayed' then
+        f[k + 1] = 'finished_at_ms'; f[k + 2] = at; k = k + 2
+      end
+      -- The attempt's end and the job's change; an in-process start comes first.
+      local seq = tonumber(j[8]) + 1
+      local last = seq + 1
+      if start_here then last = seq + 2 end
+      f[k + 1] = 'state'; f[k + 2] = next; f[k + 3] = 'events'; f[k + 4] = last
+      call('HSET', job, unpack(f))
+      local e = {'kind', kind, 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'seq', seq,
+        'at_ms', at}
+      k = 12
+      if err ~= '' then e[k + 1] = 'error'; e[k + 2] = err; k = k + 2 end
+      if ready then e[k + 1] = 'ready_at_ms'; e[k + 2] = ready; k = k + 2 end
+      if start_here then e[k + 1] = 'started_at_ms'; e[k + 2] = inproc; k = k + 2 end
+      if j[9] then e[k + 1] = 'trace'; e[k + 2] = j[9] end
+      call('XADD', EVENTS, '*', unpack(e))
+      code, state = 1, next
     end
-    return nil
   end
-  local leases = {}
-  for i = 1, math.max(room, 0) do
-    local id = chosen[i]
-    if limited then id = pick() end
+  out[r * 2 + 1] = code
+  out[r * 2 + 2] = state
+end
+if left_active then call('ZREM', ACTIVE, unpack(left_active)) end
+if completed then call('ZADD', KEYS[7], unpack(completed)) end
+if failed then call('ZADD', KEYS[8], unpack(failed)) end
+if cancelled then call('ZADD', KEYS[9], unpack(cancelled)) end
+
+if ARGV[7] == '1' then
+  local due = call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
+  for _, id in ipairs(due) do
+    local job = PREFIX .. id
+    local f = call('HMGET', job, 'priority', 'seq', 'workspace', 'events', 'trace')
+    local seq = tonumber(f[4]) + 1
+    call('ZADD', PENDING, pending_score(f[1], f[2]), id)
+    call('HSET', job, 'state', 'pending', 'events', seq)
+    if f[5] then
+      call('XADD', EVENTS, '*', 'kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq,
+        'at_ms', now, 'trace', f[5])
+    else
+      call('XADD', EVENTS, '*', 'kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq,
+        'at_ms', now)
+    end
+  end
+  if #due > 0 then call('ZREM', DELAYED, unpack(due)) end
+end
+
+-- New attempts. Each needs the launch record (what to run and how, encoded by Rust at enqueue
+-- and passed through untouched), the attempt count, failures so far, profile and workspace.
+local wanted, token = tonumber(ARGV[8]), ARGV[9]
+local repeated = false
+if wanted > 0 and ARGV[11] == '1' then
+  -- A repeat of a call that failed: if its first try ran, the attempts it created (marked
+  -- with its token), as they are.
+  for _, id in ipairs(call('ZRANGE', ACTIVE, 0, -1)) do
+    local f = call('HMGET', PREFIX .. id, 'launch', 'attempts', 'failures', 'profile',
+      'workspace', 'dispatch_token')
+    if f[6] == token then
+      repeated = true
+      local o = #out
+      out[o + 1] = id; out[o + 2] = f[2]; out[o + 3] = f[3]; out[o + 4] = f[4]
+      out[o + 5] = f[5]; out[o + 6] = f[1]
+    end
+  end
+end
+if wanted > 0 and not repeated and call('EXISTS', KEYS[4]) == 0 then
+  local room = math.min(wanted, tonumber(ARGV[6]) - call('ZCARD', ACTIVE))
+  local limits, popped
+  if ARGV[10] == '' then
+    -- No profile limits: the first `room` pending jobs, in order.
+    if room > 0 then popped = call('ZPOPMIN', PENDING, room) end
+  else
+    limits = {}
+    local name
+    for x in string.gmatch(ARGV[10], '%S+') do
+      if name then limits[name] = tonumber(x); name = nil else name = x end
+    end
+  end
+  local leases, lease_until = {}, ARGV[4]
+  for i = 1, room do
+    local id
+    if popped then
+      id = popped[i * 2 - 1]
+    else
+      -- With profile limits: the first pending job (in order, among the first SCAN) whose
+      -- profile is under its limit, one slot at a time.
+      local offset = 0
+      while not id and offset < SCAN do
+        local page = call('ZRANGE', PENDING, offset, offset + 7)
+        if #page == 0 then break end
+        for _, c in ipairs(page) do
+          local p = call('HGET', PREFIX .. c, 'profile')
+          local limit = limits[p]
+          if not limit or (tonumber(call('HGET', RUNNING, p)) or 0) < limit then
+            call('ZREM', PENDING, c)
+            id = c
+            break
+          end
+        end
+        offset = offset + 8
+      end
+    end
     if not id then break end
-    local job = job_key(id)
-    local f = redis.call('HMGET', job, unpack(JOB_FIELDS))
+    local job = PREFIX .. id
+    local f = call('HMGET', job, 'launch', 'attempts', 'failures', 'profile', 'workspace',
+      'events', 'trace')
     local n = tonumber(f[2]) + 1
-    local agent = id .. '.' .. n
-    leases[#leases + 1] = ARGV[4]
-    leases[#leases + 1] = id
+    leases[i * 2 - 1] = lease_until
+    leases[i * 2] = id
     -- job.started and agent.spawning.
-    local seq = tonumber(f[7]) + 1
-    local jf = {'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token', token,
-      attempt_field(n, 'created_at_ms'), now, 'events', seq + 1}
-    if limits[f[4]] then
-      redis.call('HINCRBY', RUNNING, f[4], 1)
-      jf[#jf + 1] = 'counted'; jf[#jf + 1] = 1
+    local seq = tonumber(f[6]) + 1
+    if limits and limits[f[4]] then
+      call('HINCRBY', RUNNING, f[4], 1)
+      call('HSET', job, 'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token',
+        token, AF .. n .. '.created_at_ms', now, 'events', seq + 1, 'counted', 1)
+    else
+      call('HSET', job, 'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token',
+        token, AF .. n .. '.created_at_ms', now, 'events', seq + 1)
     end
-    redis.call('HSET', job, unpack(jf))
-    ev(unpack(traced({'kind', 'job.started', 'job_id', id, 'workspace', f[5], 'agent_id', agent,
-      'seq', seq, 'at_ms', now}, f[8])))
-    reply(id, n, f)
+    if f[7] then
+      call('XADD', EVENTS, '*', 'kind', 'job.started', 'job_id', id, 'workspace', f[5],
+        'agent_id', id .. '.' .. n, 'seq', seq, 'at_ms', now, 'trace', f[7])
+    else
+      call('XADD', EVENTS, '*', 'kind', 'job.started', 'job_id', id, 'workspace', f[5],
+        'agent_id', id .. '.' .. n, 'seq', seq, 'at_ms', now)
+    end
+    local o = #out
+    out[o + 1] = id; out[o + 2] = n; out[o + 3] = f[3]; out[o + 4] = f[4]
+    out[o + 5] = f[5]; out[o + 6] = f[1]
   end
-  if #leases > 0 then redis.call('ZADD', ACTIVE, unpack(leases)) end
+  if #leases > 0 then call('ZADD', ACTIVE, unpack(leases)) end
 end
 if ARGV[7] == '1' then
-  local next_due = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+  local next_due = call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if next_due[2] then out[1] = next_due[2] end
 end
 return out
@@ -608,6 +640,9 @@ pub struct DispatchRequest<'a> {
     pub lease: Duration,
     /// The owner recorded on the new attempts' leases.
     pub owner: &'a str,
+    /// Whether this dispatch repeats one whose call failed (same token): its first try may
+    /// have run, and then the attempts it created are returned instead of new ones.
+    pub repeat: bool,
     /// The spoke-wide limit on active jobs.
     pub total_limit: usize,
     pub profile_limits: &'a [(ProfileName, usize)],
@@ -679,7 +714,7 @@ impl QueueScripts {
         let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         QueueScripts {
             enqueue: s(ENQUEUE),
-            step: s(&format!("{}\n{STEP}", step_constants())),
+            step: s(&step_script()),
             remove: s(REMOVE),
             renew: s(RENEW),
             trim: s(TRIM),
@@ -788,50 +823,49 @@ fn layout(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
     inv.arg(keys.job_prefix()).arg(super::keys::ATTEMPT_FIELD);
 }
 
-/// A state list as the scripts take it: names separated by spaces.
-/// STEP's constants as Lua, from the Rust state machines (see STEP's header).
-fn step_constants() -> String {
-    let set = |states: String| {
-        // State names are lower-case words, so they need no quoting beyond the quotes.
-        debug_assert!(
-            states
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b' ')
-        );
-        let members: Vec<String> = states
-            .split(' ')
-            .map(|s| format!("['{s}'] = true"))
-            .collect();
-        format!("{{{}}}", members.join(", "))
-    };
-    let ends: Vec<String> = Outcome::ALL
+/// STEP as loaded (after the prelude): its constants `SCAN` and `PROMOTE_BATCH`, and its
+/// allowed-state checks `RUN_OK(astate, jstate)` and `END_OK(outcome, astate, jstate)` written
+/// in as plain comparisons from the Rust state machines. Comparisons cost a call nothing to
+/// set up, where tables of allowed states would be built anew by every call.
+fn step_script() -> String {
+    let run_ok = format!(
+        "({} and {})",
+        one_of("astate", AgentState::Running.may_enter_from()),
+        one_of("jstate", JobState::Executing.may_enter_from()),
+    );
+    let end_ok: Vec<String> = Outcome::ALL
         .iter()
         .map(|o| {
             format!(
-                "{} = {{agent = {}, job = {}}}",
+                "(outcome == '{}' and {} and {})",
                 o.as_str(),
-                set(names(o.attempt_state().may_enter_from())),
-                set(names(&o.job_sources())),
+                one_of("astate", o.attempt_state().may_enter_from()),
+                one_of("jstate", &o.job_sources()),
             )
         })
         .collect();
-    format!(
-        "local SCAN, PROMOTE_BATCH = {DISPATCH_SCAN}, {PROMOTE_BATCH}\n\
-         local RUN_AGENT = {}\n\
-         local RUN_JOB = {}\n\
-         local ENDS = {{{}}}",
-        set(names(AgentState::Running.may_enter_from())),
-        set(names(JobState::Executing.may_enter_from())),
-        ends.join(", "),
-    )
+    let body = STEP.replace("RUN_OK(astate, jstate)", &run_ok).replace(
+        "END_OK(outcome, astate, jstate)",
+        &format!("({})", end_ok.join(" or ")),
+    );
+    format!("local SCAN, PROMOTE_BATCH = {DISPATCH_SCAN}, {PROMOTE_BATCH}\n{body}")
 }
 
-fn names<S: Copy + std::fmt::Display>(states: &[S]) -> String {
-    states
+/// A Lua test that `var` holds one of `states` (`false` for none).
+fn one_of<S: std::fmt::Display>(var: &str, states: &[S]) -> String {
+    if states.is_empty() {
+        return "false".into();
+    }
+    let tests: Vec<String> = states
         .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
+        .map(|s| {
+            let s = s.to_string();
+            // State names are lower-case words: they need no escaping inside the quotes.
+            debug_assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            format!("{var} == '{s}'")
+        })
+        .collect();
+    format!("({})", tests.join(" or "))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -904,10 +938,9 @@ impl Store {
             .key(self.keys.events())
             .key(done_completed)
             .key(done_failed)
-            .key(done_cancelled)
-            .key(self.keys.dispatch_token(owner));
+            .key(done_cancelled);
         layout(&mut inv, &self.keys);
-        let (lease_until, total, promote, count, token, limits) = match dispatch {
+        let (lease_until, total, promote, count, token, limits, repeat) = match dispatch {
             Some(d) => (
                 now_ms.saturating_add(i64::try_from(ms(d.lease)).unwrap_or(i64::MAX)),
                 d.total_limit,
@@ -919,8 +952,9 @@ impl Store {
                     .map(|(p, l)| format!("{p} {l}"))
                     .collect::<Vec<_>>()
                     .join(" "),
+                d.repeat,
             ),
-            None => (0, 0, false, 0, "", String::new()),
+            None => (0, 0, false, 0, "", String::new(), false),
         };
         inv.arg(now_ms)
             .arg(lease_until)
@@ -930,6 +964,7 @@ impl Store {
             .arg(count)
             .arg(token)
             .arg(limits)
+            .arg(if repeat { "1" } else { "0" })
             .arg(records.len());
         for r in records {
             let args = r.args().map_err(|reason| StoreError::Corrupt {
@@ -956,6 +991,7 @@ impl Store {
         lease: Duration,
         count: usize,
         token: &str,
+        repeat: bool,
         owner: &str,
         total_limit: usize,
         profile_limits: &[(ProfileName, usize)],
@@ -965,6 +1001,7 @@ impl Store {
             token,
             lease,
             owner,
+            repeat,
             total_limit,
             profile_limits,
             promote: true,
@@ -1328,5 +1365,35 @@ impl Store {
     pub async fn is_paused(&self) -> Result<bool, StoreError> {
         let mut con = self.con.clone();
         Ok(con.exists(self.keys.paused()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_has_every_check_written_in() {
+        let script = step_script();
+        assert!(!script.contains("RUN_OK("), "RUN_OK left in STEP");
+        assert!(!script.contains("END_OK("), "END_OK left in STEP");
+        // A start is allowed only from spawning in an assigned job, and a completion only
+        // from running in an executing one.
+        assert!(script.contains("((astate == 'spawning') and (jstate == 'assigned'))"));
+        assert!(script.contains(
+            "(outcome == 'completed' and (astate == 'running') and (jstate == 'executing'))"
+        ));
+        assert!(script.starts_with(&format!(
+            "local SCAN, PROMOTE_BATCH = {DISPATCH_SCAN}, {PROMOTE_BATCH}\n"
+        )));
+    }
+
+    #[test]
+    fn one_of_lists_each_state_and_is_false_for_none() {
+        assert_eq!(
+            one_of("s", &[JobState::Pending, JobState::Delayed]),
+            "(s == 'pending' or s == 'delayed')"
+        );
+        assert_eq!(one_of::<JobState>("s", &[]), "false");
     }
 }
