@@ -61,7 +61,25 @@ impl PlanError {
     }
 }
 
+/// Plans a spawn request, with every check: what [`replan`] checks, and that the working
+/// directory does not lead out of the profile's root through an existing symbolic link
+/// ([`check_workdir`]). Used where a spawn arrives.
 pub fn plan(
+    profiles: &BTreeMap<ProfileName, Arc<Profile>>,
+    profile: &ProfileName,
+    req: &JobSpec,
+) -> Result<LaunchPlan, PlanError> {
+    let plan = replan(profiles, profile, req)?;
+    check_workdir(&plan)?;
+    Ok(plan)
+}
+
+/// Plans a queued job's attempt against the profiles configured now, without touching the file
+/// system: the profile, the environment names it allows, and the working directory's place
+/// under the root (lexically; `req.workdir` was checked relative when the job was queued). The
+/// scheduler calls it for every new attempt, so it must stay cheap; the runner calls
+/// [`check_workdir`] just before it creates and enters the directory.
+pub fn replan(
     profiles: &BTreeMap<ProfileName, Arc<Profile>>,
     profile: &ProfileName,
     req: &JobSpec,
@@ -84,11 +102,6 @@ pub fn plan(
         });
     }
     let workdir = profile.workdir_root.join(&req.workdir);
-    if !stays_inside(&profile.workdir_root, &workdir) {
-        return Err(PlanError::WorkdirEscapes {
-            workdir: req.workdir.display().to_string(),
-        });
-    }
     let mut args = profile.args.clone();
     args.extend(req.args.iter().cloned());
     Ok(LaunchPlan {
@@ -104,6 +117,21 @@ pub fn plan(
             .collect(),
         workdir,
     })
+}
+
+/// Refuses a plan whose working directory, lexically inside the profile's root, leads out of
+/// it once the symbolic links along its existing part are followed.
+pub fn check_workdir(plan: &LaunchPlan) -> Result<(), PlanError> {
+    let root = &plan.profile.workdir_root;
+    if stays_inside(root, &plan.workdir) {
+        Ok(())
+    } else {
+        // As the spawn named it: relative to the root.
+        let requested = plan.workdir.strip_prefix(root).unwrap_or(&plan.workdir);
+        Err(PlanError::WorkdirEscapes {
+            workdir: requested.display().to_string(),
+        })
+    }
 }
 
 /// Whether `path` (lexically inside `root`, which is canonical) still lies inside `root` once
@@ -204,5 +232,13 @@ mod tests {
                 .reason(),
             "workdir_outside_root"
         );
+        // Planning again at dispatch leaves the file system alone; the runner's check before
+        // it makes the directory refuses the same escape, naming it as the spawn did.
+        let again = replan(&profiles, &echo(), &req("escape/sub")).unwrap();
+        let err = check_workdir(&again).unwrap_err();
+        assert_eq!(err.reason(), "workdir_outside_root");
+        assert!(err.to_string().contains("escape/sub"), "{err}");
+        let inside = replan(&profiles, &echo(), &req("inside/sub")).unwrap();
+        assert_eq!(check_workdir(&inside), Ok(()));
     }
 }

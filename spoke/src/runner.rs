@@ -264,9 +264,15 @@ impl Supervisor {
 
 /// Writes how an attempt ended (through the scheduler, which retries while Valkey is away).
 async fn record_end(recorder: &Recorder, d: &Dispatched, ended: Ended) {
+    // Only a failure is retried; the others skip the random draw (a system call).
+    let retry_delay = if ended.outcome == Outcome::Failed {
+        backoff(d.backoff_base, d.backoff_cap, d.failures + 1, unit_random())
+    } else {
+        Duration::ZERO
+    };
     let end = AttemptEnd {
         outcome: ended.outcome,
-        retry_delay: backoff(d.backoff_base, d.backoff_cap, d.failures + 1, unit_random()),
+        retry_delay,
         error: ended.error,
         exit_code: ended.exit_code,
         signal: ended.signal,
@@ -371,6 +377,11 @@ async fn run(
             }),
             ..Ended::failed(String::new())
         };
+    }
+    // Checked here, just before the directory is made and entered, rather than when the
+    // scheduler planned the attempt (see `profile::replan`).
+    if let Err(e) = crate::profile::check_workdir(plan) {
+        return Ended::failed(e.to_string());
     }
     if let Err(e) = tokio::fs::create_dir_all(&plan.workdir).await {
         return Ended::failed(format!(

@@ -444,11 +444,13 @@ impl Scheduler {
             st.raise();
         }
         for d in out.dispatched {
-            // Planned again now: the profile may have changed since the job was queued.
+            // Planned again now: the profile may have changed since the job was queued. The
+            // working directory's symbolic links are checked by the attempt's own task, not in
+            // this loop (`profile::replan`).
             let plan = serde_json::from_str::<JobSpec>(&d.spec)
                 .map_err(|e| format!("stored job spec is unreadable: {e}"))
                 .and_then(|spec| {
-                    profile::plan(&self.config.profiles, &d.profile, &spec)
+                    profile::replan(&self.config.profiles, &d.profile, &spec)
                         .map_err(|e| e.to_string())
                 });
             self.supervisor.launch(d, plan);
