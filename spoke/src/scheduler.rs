@@ -216,6 +216,8 @@ impl Scheduler {
             ..Pipeline::default()
         };
         let mut flights: JoinSet<(Flight, Result<Stepped, StoreError>)> = JoinSet::new();
+        // Whether the last call to land launched attempts.
+        let mut launched = false;
         tracing::info!(owner = %self.owner, concurrency = self.config.queue.concurrency, "scheduler running");
         loop {
             let now_phase = *phase.borrow();
@@ -236,6 +238,13 @@ impl Scheduler {
             }
             let may_send =
                 flights.len() < MAX_IN_FLIGHT && st.retry_at.is_none_or(|t| Instant::now() >= t);
+            if may_send && !flights.is_empty() && std::mem::take(&mut launched) {
+                // Valkey is busy with the other call: give the attempts just launched one turn
+                // of the runtime, so that the ends of those that finish at once go in this call
+                // rather than trickling into calls of their own.
+                tokio::task::yield_now().await;
+                continue;
+            }
             if may_send && let Some(flight) = self.next_flight(&mut st, now_phase == Phase::Run) {
                 let store = self.store.clone();
                 let (lease, owner, total, limits) = (
@@ -291,7 +300,7 @@ impl Scheduler {
             }
             tokio::select! {
                 Some(done) = flights.join_next(), if !flights.is_empty() => match done {
-                    Ok((flight, out)) => self.landed(&mut st, flight, out),
+                    Ok((flight, out)) => launched = self.landed(&mut st, flight, out),
                     Err(e) => tracing::error!(error = %e, "a queue write task failed"),
                 },
                 r = self.records.recv() => {
@@ -378,8 +387,9 @@ impl Scheduler {
         })
     }
 
-    /// Applies what a call did (or puts it back to be retried, if it failed).
-    fn landed(&self, st: &mut Pipeline, flight: Flight, out: Result<Stepped, StoreError>) {
+    /// Applies what a call did (or puts it back to be retried, if it failed). Returns whether
+    /// it launched attempts.
+    fn landed(&self, st: &mut Pipeline, flight: Flight, out: Result<Stepped, StoreError>) -> bool {
         let ending = flight.records.iter().filter(|r| r.record.is_end()).count();
         st.ending -= ending;
         st.reserved -= flight.dispatch.as_ref().map_or(0, |(_, c)| *c);
@@ -404,7 +414,7 @@ impl Scheduler {
                 if flight.promote {
                     st.check_due = true;
                 }
-                return;
+                return false;
             }
         };
         st.failures = 0;
@@ -443,6 +453,7 @@ impl Scheduler {
             // Freed slots: a dispatch that found the spoke full may succeed now.
             st.raise();
         }
+        let launched = !out.dispatched.is_empty();
         for d in out.dispatched {
             // Planned again now: the profile may have changed since the job was queued. The
             // working directory's symbolic links are checked by the attempt's own task, not in
@@ -455,6 +466,7 @@ impl Scheduler {
                 });
             self.supervisor.launch(d, plan);
         }
+        launched
     }
 
     async fn maintain(&self) {
