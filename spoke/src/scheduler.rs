@@ -35,11 +35,11 @@ use tokio::time::Instant;
 
 use crate::config::SpokeConfig;
 use crate::job::backoff;
-use crate::profile::{self, JobSpec};
+use crate::profile::{self, JobSpec, LaunchPlan};
 use crate::runner::{PendingRecord, Supervisor, is_same_live_process, signal_group};
 use crate::store::{
-    AttemptEnd, AttemptRecord, DispatchRequest, ExpiredLease, Guarded, Outcome, Started, Stepped,
-    Store, StoreError,
+    AttemptEnd, AttemptRecord, DispatchRequest, Dispatched, ExpiredLease, Guarded, Outcome,
+    Started, Stepped, Store, StoreError,
 };
 
 /// Most attempts asked for in one call.
@@ -157,6 +157,19 @@ impl Pipeline {
     }
 }
 
+/// What a call did, with a plan (or the reason there is none) for each attempt it created.
+type Landed = (Stepped, Vec<Result<LaunchPlan, String>>);
+
+/// Plans a new attempt again from its stored spec: the profile may have changed since the job
+/// was queued. A job that no longer plans is launched with the error, so its attempt fails at
+/// once. The working directory's symbolic links are checked by the attempt's own task
+/// (`profile::replan`), so this makes no system calls.
+fn plan_attempt(config: &SpokeConfig, d: &Dispatched) -> Result<LaunchPlan, String> {
+    let spec = serde_json::from_str::<JobSpec>(&d.spec)
+        .map_err(|e| format!("stored job spec is unreadable: {e}"))?;
+    profile::replan(&config.profiles, &d.profile, &spec).map_err(|e| e.to_string())
+}
+
 /// What the scheduler is doing; the spoke moves it forward on shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -215,7 +228,7 @@ impl Scheduler {
             check_due: true,
             ..Pipeline::default()
         };
-        let mut flights: JoinSet<(Flight, Result<Stepped, StoreError>)> = JoinSet::new();
+        let mut flights: JoinSet<(Flight, Result<Landed, StoreError>)> = JoinSet::new();
         // Whether the last call to land launched attempts.
         let mut launched = false;
         tracing::info!(owner = %self.owner, concurrency = self.config.queue.concurrency, "scheduler running");
@@ -247,6 +260,7 @@ impl Scheduler {
             }
             if may_send && let Some(flight) = self.next_flight(&mut st, now_phase == Phase::Run) {
                 let store = self.store.clone();
+                let config = self.config.clone();
                 let (lease, owner, total, limits) = (
                     self.config.queue.lease,
                     self.owner.clone(),
@@ -272,6 +286,15 @@ impl Scheduler {
                     let dispatch =
                         (flight.dispatch.is_some() || flight.promote).then_some(&request);
                     let out = store.step(unix_ms(), &records, dispatch).await;
+                    // The new attempts are planned here, beside the loop rather than in it.
+                    let out = out.map(|stepped| {
+                        let plans = stepped
+                            .dispatched
+                            .iter()
+                            .map(|d| plan_attempt(&config, d))
+                            .collect();
+                        (stepped, plans)
+                    });
                     (flight, out)
                 });
                 continue;
@@ -389,7 +412,7 @@ impl Scheduler {
 
     /// Applies what a call did (or puts it back to be retried, if it failed). Returns whether
     /// it launched attempts.
-    fn landed(&self, st: &mut Pipeline, flight: Flight, out: Result<Stepped, StoreError>) -> bool {
+    fn landed(&self, st: &mut Pipeline, flight: Flight, out: Result<Landed, StoreError>) -> bool {
         let ending = flight.records.iter().filter(|r| r.record.is_end()).count();
         st.ending -= ending;
         st.reserved -= flight.dispatch.as_ref().map_or(0, |(_, c)| *c);
@@ -399,7 +422,7 @@ impl Scheduler {
         for p in &flight.records {
             st.busy_agents.remove(p.record.agent());
         }
-        let out = match out {
+        let (out, plans) = match out {
             Ok(out) => out,
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
@@ -454,16 +477,7 @@ impl Scheduler {
             st.raise();
         }
         let launched = !out.dispatched.is_empty();
-        for d in out.dispatched {
-            // Planned again now: the profile may have changed since the job was queued. The
-            // working directory's symbolic links are checked by the attempt's own task, not in
-            // this loop (`profile::replan`).
-            let plan = serde_json::from_str::<JobSpec>(&d.spec)
-                .map_err(|e| format!("stored job spec is unreadable: {e}"))
-                .and_then(|spec| {
-                    profile::replan(&self.config.profiles, &d.profile, &spec)
-                        .map_err(|e| e.to_string())
-                });
+        for (d, plan) in out.dispatched.into_iter().zip(plans) {
             self.supervisor.launch(d, plan);
         }
         launched

@@ -97,8 +97,14 @@ local call = redis.call
 local PREFIX, AF, now, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local PENDING, DELAYED, ACTIVE, RUNNING, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
 -- Queue moves are collected and made once per call: ids that leave the active set, and
--- (score, id) pairs per terminal state.
+-- (score, id) pairs per terminal state, each list made when its first item comes.
 local left_active, completed, failed, cancelled
+local function finish(list, at, id)
+  if not list then return {at, id} end
+  list[#list + 1] = at
+  list[#list + 1] = id
+  return list
+end
 
 -- A record that is not for the live attempt: a repeat of one that was applied (answered as
 -- applied), or stale (refused with the attempt's state). The live attempt's state is written
@@ -183,18 +189,10 @@ for r = 1, count do
       local next, kind, ready = 'pending', 'job.requeued', nil
       if outcome == 'completed' then
         next, kind = 'completed', 'job.completed'
-        if completed then
-          completed[#completed + 1] = at; completed[#completed + 1] = id
-        else
-          completed = {at, id}
-        end
+        completed = finish(completed, at, id)
       elseif outcome == 'killed' then
         next, kind = 'cancelled', 'job.cancelled'
-        if cancelled then
-          cancelled[#cancelled + 1] = at; cancelled[#cancelled + 1] = id
-        else
-          cancelled = {at, id}
-        end
+        cancelled = finish(cancelled, at, id)
       elseif outcome == 'interrupted' then
         local o = call('HMGET', job, 'priority', 'seq')
         call('ZADD', PENDING, pending_score(o[1], o[2]), id)
@@ -208,11 +206,7 @@ for r = 1, count do
           f[k + 1] = 'ready_at_ms'; f[k + 2] = ready; k = k + 2
         else
           next, kind = 'failed', 'job.failed'
-          if failed then
-            failed[#failed + 1] = at; failed[#failed + 1] = id
-          else
-            failed = {at, id}
-          end
+          failed = finish(failed, at, id)
         end
       end
       if next ~= 'pending' and next ~= 'delayed' then
