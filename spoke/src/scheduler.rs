@@ -261,12 +261,7 @@ impl Scheduler {
             if may_send && let Some(flight) = self.next_flight(&mut st, now_phase == Phase::Run) {
                 let store = self.store.clone();
                 let config = self.config.clone();
-                let (lease, owner, total, limits) = (
-                    self.config.queue.lease,
-                    self.owner.clone(),
-                    self.config.queue.concurrency,
-                    self.profile_limits.clone(),
-                );
+                let (owner, limits) = (self.owner.clone(), self.profile_limits.clone());
                 flights.spawn(async move {
                     let records: Vec<_> = flight.records.iter().map(|p| &p.record).collect();
                     let (token, count) = flight
@@ -276,10 +271,10 @@ impl Scheduler {
                     let request = DispatchRequest {
                         count,
                         token,
-                        lease,
+                        lease: config.queue.lease,
                         owner: &owner,
                         repeat: flight.repeat,
-                        total_limit: total,
+                        total_limit: config.queue.concurrency,
                         profile_limits: &limits,
                         promote: flight.promote,
                     };
@@ -386,12 +381,13 @@ impl Scheduler {
                 st.promoted_due |= due;
             }
             if (st.runnable || (due && promote)) && free > 0 {
-                repeat = !st.asked.is_empty();
-                dispatch = Some(
-                    st.asked
-                        .pop()
-                        .unwrap_or_else(|| (uuid::Uuid::now_v7().to_string(), free)),
-                );
+                dispatch = Some(match st.asked.pop() {
+                    Some(failed) => {
+                        repeat = true;
+                        failed
+                    }
+                    None => (uuid::Uuid::now_v7().to_string(), free),
+                });
             }
         }
         if records.is_empty() && dispatch.is_none() && !promote {

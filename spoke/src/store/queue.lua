@@ -3,8 +3,10 @@
 -- store::keys as their first two arguments: the job key prefix and the attempt field prefix.
 -- No key shape is spelled out in Lua.
 local function job_key(id) return ARGV[1] .. id end
--- A field of attempt `n`'s record, inside its job's hash (keys::attempt_field).
-local function attempt_field(n, name) return ARGV[2] .. n .. '.' .. name end
+-- What the names of attempt `n`'s fields start with, inside its job's hash; a field is this
+-- followed by its name (keys::attempt_field). Scripts writing several fields make it once.
+local function attempt_prefix(n) return ARGV[2] .. n .. '.' end
+local function attempt_field(n, name) return attempt_prefix(n) .. name end
 -- Retention trims the stream separately (store::events), so that it knows what it removed.
 local function event(stream, ...)
   redis.call('XADD', stream, '*', ...)

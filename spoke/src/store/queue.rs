@@ -94,7 +94,7 @@ const STEP: &str = r"
 -- comparisons that step_script writes in from the Rust state machines before the script is
 -- loaded (so no call builds or sends them). SCAN and PROMOTE_BATCH come the same way.
 local call = redis.call
-local PREFIX, AF, now, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local now, owner = ARGV[3], ARGV[5]
 local PENDING, DELAYED, ACTIVE, RUNNING, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]
 -- Queue moves are collected and made once per call: ids that leave the active set, and
 -- (score, id) pairs per terminal state, each list made when its first item comes.
@@ -106,16 +106,19 @@ local function finish(list, at, id)
   return list
 end
 
+-- The state of the job's current attempt while the job is active, implied by the job's
+-- (the attempt's own is written once it ends).
+local function implied(jstate)
+  if jstate == 'assigned' then return 'spawning' elseif jstate == 'executing' then return 'running' end
+end
+
 -- A record that is not for the live attempt: a repeat of one that was applied (answered as
--- applied), or stale (refused with the attempt's state). The live attempt's state is written
--- once it ends, and implied by the job's state before (assigned: spawning, executing:
--- running).
+-- applied), or stale (refused with the attempt's state).
 local function not_live(job, n, repeat_state, repeat_pid, answer)
-  local a = call('HMGET', job, 'state', 'attempts', AF .. n .. '.state', AF .. n .. '.pid')
+  local a = call('HMGET', job, 'state', 'attempts', attempt_field(n, 'state'),
+    attempt_field(n, 'pid'))
   local state = a[3]
-  if not state and a[2] == n then
-    if a[1] == 'assigned' then state = 'spawning' elseif a[1] == 'executing' then state = 'running' end
-  end
+  if not state and a[2] == n then state = implied(a[1]) end
   if not state then return -1, '' end
   if state == repeat_state and (not repeat_pid or a[4] == repeat_pid) then return 1, answer end
   return 0, state
@@ -126,19 +129,19 @@ local out = {'', count}
 local b = 12
 for r = 1, count do
   local id, agent, n, at = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local job = PREFIX .. id
+  local job = job_key(id)
   local code, state
   if ARGV[b + 1] == 'run' then
     local pid, pstart = ARGV[b + 6], ARGV[b + 7]
     b = b + 7
     local j = call('HMGET', job, 'state', 'attempts', 'workspace', 'events', 'trace')
     local jstate = j[1]
-    local astate
-    if jstate == 'assigned' then astate = 'spawning' elseif jstate == 'executing' then astate = 'running' end
+    local astate = implied(jstate)
     if j[2] == n and RUN_OK(astate, jstate) then
       local seq = tonumber(j[4]) + 1
-      call('HSET', job, 'state', 'executing', AF .. n .. '.started_at_ms', at,
-        AF .. n .. '.pid', pid, AF .. n .. '.proc_start', pstart, 'events', seq)
+      local af = attempt_prefix(n)
+      call('HSET', job, 'state', 'executing', af .. 'started_at_ms', at, af .. 'pid', pid,
+        af .. 'proc_start', pstart, 'events', seq)
       if j[5] then
         call('XADD', EVENTS, '*', 'kind', 'agent.running', 'job_id', id, 'workspace', j[3],
           'agent_id', agent, 'seq', seq, 'at_ms', at, 'trace', j[5])
@@ -161,15 +164,14 @@ for r = 1, count do
     if outcome == 'interrupted' then agent_to = 'failed' end
     local current = j[2] == n
     local jstate = j[1]
-    local astate
-    if jstate == 'assigned' then astate = 'spawning' elseif jstate == 'executing' then astate = 'running' end
+    local astate = implied(jstate)
     -- An in-process attempt starts and ends in this one step.
     local start_here = inproc ~= '' and current and RUN_OK(astate, jstate)
     if start_here then jstate, astate = 'executing', 'running' end
     if not (current and END_OK(outcome, astate, jstate)) then
       code, state = not_live(job, n, agent_to, nil, j[1] or '')
     else
-      local af = AF .. n .. '.'
+      local af = attempt_prefix(n)
       local f = {af .. 'state', agent_to, af .. 'finished_at_ms', at}
       local k = 4
       -- The job's error explains its current state: cleared when it completes.
@@ -240,7 +242,7 @@ if cancelled then call('ZADD', KEYS[9], unpack(cancelled)) end
 if ARGV[7] == '1' then
   local due = call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
   for _, id in ipairs(due) do
-    local job = PREFIX .. id
+    local job = job_key(id)
     local f = call('HMGET', job, 'priority', 'seq', 'workspace', 'events', 'trace')
     local seq = tonumber(f[4]) + 1
     call('ZADD', PENDING, pending_score(f[1], f[2]), id)
@@ -264,7 +266,7 @@ if wanted > 0 and ARGV[11] == '1' then
   -- A repeat of a call that failed: if its first try ran, the attempts it created (marked
   -- with its token), as they are.
   for _, id in ipairs(call('ZRANGE', ACTIVE, 0, -1)) do
-    local f = call('HMGET', PREFIX .. id, 'launch', 'attempts', 'failures', 'profile',
+    local f = call('HMGET', job_key(id), 'launch', 'attempts', 'failures', 'profile',
       'workspace', 'dispatch_token')
     if f[6] == token then
       repeated = true
@@ -300,7 +302,7 @@ if wanted > 0 and not repeated and call('EXISTS', KEYS[4]) == 0 then
         local page = call('ZRANGE', PENDING, offset, offset + 7)
         if #page == 0 then break end
         for _, c in ipairs(page) do
-          local p = call('HGET', PREFIX .. c, 'profile')
+          local p = call('HGET', job_key(c), 'profile')
           local limit = limits[p]
           if not limit or (tonumber(call('HGET', RUNNING, p)) or 0) < limit then
             call('ZREM', PENDING, c)
@@ -312,7 +314,7 @@ if wanted > 0 and not repeated and call('EXISTS', KEYS[4]) == 0 then
       end
     end
     if not id then break end
-    local job = PREFIX .. id
+    local job = job_key(id)
     local f = call('HMGET', job, 'launch', 'attempts', 'failures', 'profile', 'workspace',
       'events', 'trace')
     local n = tonumber(f[2]) + 1
@@ -323,10 +325,10 @@ if wanted > 0 and not repeated and call('EXISTS', KEYS[4]) == 0 then
     if limits and limits[f[4]] then
       call('HINCRBY', RUNNING, f[4], 1)
       call('HSET', job, 'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token',
-        token, AF .. n .. '.created_at_ms', now, 'events', seq + 1, 'counted', 1)
+        token, attempt_field(n, 'created_at_ms'), now, 'events', seq + 1, 'counted', 1)
     else
       call('HSET', job, 'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token',
-        token, AF .. n .. '.created_at_ms', now, 'events', seq + 1)
+        token, attempt_field(n, 'created_at_ms'), now, 'events', seq + 1)
     end
     if f[7] then
       call('XADD', EVENTS, '*', 'kind', 'job.started', 'job_id', id, 'workspace', f[5],
