@@ -3,9 +3,10 @@
 //! the cursors that name them.
 //!
 //! Lifecycle events are appended by the queue's transition scripts in the same step as the
-//! change (`store::queue`); what agents report is appended by `store` as it arrives. One
-//! entry stands for one to three events ([`expand`]): an attempt's end is also its job's
-//! change. Those scripts write one entry and count its events into the job's `events` field,
+//! change (`store::queue`); what agents report is appended by `store` as it arrives. A
+//! script writes one entry per call, with one record per job it moved ([`Entry`]), and a record
+//! stands for one to three events ([`expand`]): an attempt's end is also its job's change.
+//! Those scripts count each record's events into its job's `events` field,
 //! so every event of a job has its own number (`seq`) with no gaps. The counts there and here
 //! must agree; the integration tests check that they do. This module owns the types and the
 //! mapping; it never talks to Valkey or reads a process.
@@ -309,14 +310,44 @@ impl Cursor {
     }
 }
 
-/// One stream entry as read from Valkey.
+/// One stream entry as read from Valkey: one or more event records. A transition script writes
+/// the lifecycle events of every job it moved as one entry, each record beginning with its
+/// `kind` field (so no record has another field of that name); an agent's report is an entry
+/// of one record.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    pub id: EntryId,
+    pub records: Vec<Record>,
+}
+
+impl Entry {
+    /// Splits an entry's fields, in stream order, into records at each `kind`.
+    pub fn from_fields(id: EntryId, fields: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut records: Vec<Record> = Vec::new();
+        for (k, v) in fields {
+            match records.last_mut() {
+                Some(r) if k != "kind" => {
+                    r.fields.insert(k, v);
+                }
+                _ => records.push(Record {
+                    id,
+                    fields: HashMap::from([(k, v)]),
+                }),
+            }
+        }
+        Entry { id, records }
+    }
+}
+
+/// One event record of an entry: a `kind` and its fields.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The entry's id, to name it in errors.
     pub id: EntryId,
     pub fields: HashMap<String, String>,
 }
 
-impl Entry {
+impl Record {
     fn field(&self, k: &str) -> &str {
         self.fields.get(k).map(String::as_str).unwrap_or("")
     }
@@ -331,9 +362,28 @@ impl Entry {
     }
 }
 
-/// The events an entry stands for, in order, each with its cursor; `spoke` is their spoke
-/// id. An entry of a kind this version does not know, or a damaged one, is an error naming it.
+/// The events an entry stands for, in order, each with its cursor (the entry's id, and the
+/// event's place among all of the entry's events unless it is the last); `spoke` is their
+/// spoke id. A record of a kind this version does not know, or a damaged one, is an error
+/// naming the entry.
 pub fn expand(spoke: &str, entry: &Entry) -> Result<Vec<pb::Event>, String> {
+    let mut events = Vec::new();
+    for record in &entry.records {
+        events.extend(record_events(spoke, record)?);
+    }
+    let last = events.len().saturating_sub(1);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.cursor = Cursor {
+            id: entry.id,
+            sub: (i < last).then_some(i as u32),
+        }
+        .to_string();
+    }
+    Ok(events)
+}
+
+/// The events one record stands for, in order, without cursors.
+fn record_events(spoke: &str, entry: &Record) -> Result<Vec<pb::Event>, String> {
     use pb::event::Payload;
     use pb::{AgentState as A, EventType as T, JobState as J};
     let f = |k: &str| entry.field(k).to_owned();
@@ -509,16 +559,11 @@ pub fn expand(spoke: &str, entry: &Entry) -> Result<Vec<pb::Event>, String> {
     if first == 0 {
         return Err(format!("event {} has no seq", entry.id));
     }
-    let last = list.len() - 1;
     Ok(list
         .into_iter()
         .enumerate()
         .map(|(i, (t, payload, at_ms))| pb::Event {
-            cursor: Cursor {
-                id: entry.id,
-                sub: (i < last).then_some(i as u32),
-            }
-            .to_string(),
+            cursor: String::new(),
             spoke_id: spoke.to_owned(),
             workspace: f("workspace"),
             job_id: f("job_id"),
@@ -542,19 +587,25 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Whether any of an entry's events may match, from its ids alone (before expanding).
+    /// Whether any of an entry's events may match, from its records' ids alone (before
+    /// expanding).
     pub fn may_match(&self, entry: &Entry) -> bool {
-        self.workspace
-            .as_deref()
-            .is_none_or(|w| entry.field("workspace") == w)
-            && self
-                .job_id
+        entry.records.iter().any(|r| {
+            self.workspace
                 .as_deref()
-                .is_none_or(|j| entry.field("job_id") == j)
+                .is_none_or(|w| r.field("workspace") == w)
+                && self
+                    .job_id
+                    .as_deref()
+                    .is_none_or(|j| r.field("job_id") == j)
+        })
     }
 
+    /// Whether an event matches (an entry holds the events of many jobs).
     pub fn matches(&self, e: &pb::Event) -> bool {
-        self.types.is_empty() || self.types.contains(&e.r#type())
+        self.workspace.as_deref().is_none_or(|w| e.workspace == w)
+            && self.job_id.as_deref().is_none_or(|j| e.job_id == j)
+            && (self.types.is_empty() || self.types.contains(&e.r#type()))
     }
 }
 
@@ -563,13 +614,10 @@ mod tests {
     use super::*;
 
     fn entry(id: &str, fields: &[(&str, &str)]) -> Entry {
-        Entry {
-            id: id.parse().unwrap(),
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        Entry::from_fields(
+            id.parse().unwrap(),
+            fields.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     fn types(events: &[pb::Event]) -> Vec<pb::EventType> {
@@ -760,6 +808,125 @@ mod tests {
                 other => panic!("unexpected payload {other:?}"),
             };
             assert_eq!(back, a);
+        }
+    }
+
+    #[test]
+    fn an_entry_of_several_records_is_their_events_in_order_under_one_id() {
+        // As STEP writes it: one job started, another's in-process attempt completed.
+        let e = entry(
+            "7-0",
+            &[
+                ("kind", "job.started"),
+                ("job_id", "j1"),
+                ("workspace", "w1"),
+                ("seq", "3"),
+                ("at_ms", "10"),
+                ("agent_id", "j1.1"),
+                ("kind", "job.completed"),
+                ("job_id", "j2"),
+                ("workspace", "w2"),
+                ("seq", "5"),
+                ("at_ms", "11"),
+                ("agent_id", "j2.1"),
+                ("started_at_ms", "9"),
+            ],
+        );
+        assert_eq!(e.records.len(), 2);
+        let ev = expand("s", &e).unwrap();
+        assert_eq!(
+            types(&ev),
+            [
+                pb::EventType::JobStarted,
+                pb::EventType::AgentSpawning,
+                pb::EventType::AgentRunning,
+                pb::EventType::AgentCompleted,
+                pb::EventType::JobCompleted
+            ]
+        );
+        let cursors: Vec<&str> = ev.iter().map(|e| e.cursor.as_str()).collect();
+        assert_eq!(cursors, ["7-0.0", "7-0.1", "7-0.2", "7-0.3", "7-0"]);
+        let of = |e: &pb::Event| (e.job_id.clone(), e.workspace.clone(), e.seq);
+        assert_eq!(of(&ev[1]), ("j1".into(), "w1".into(), 4));
+        assert_eq!(of(&ev[2]), ("j2".into(), "w2".into(), 5));
+        assert_eq!(ev[2].agent_id, "j2.1");
+
+        // A reader of one workspace gets that workspace's events of the entry, no others.
+        let w2 = Filter {
+            workspace: Some("w2".into()),
+            ..Filter::default()
+        };
+        assert!(w2.may_match(&e));
+        let kept: Vec<_> = ev.iter().filter(|e| w2.matches(e)).collect();
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().all(|e| e.job_id == "j2"));
+        let elsewhere = Filter {
+            job_id: Some("j3".into()),
+            ..Filter::default()
+        };
+        assert!(!elsewhere.may_match(&e));
+    }
+
+    #[test]
+    fn no_agent_event_has_a_field_named_kind() {
+        // `kind` starts a record (Entry::from_fields): a field of that name would split one.
+        let t = || "x".to_string();
+        let every = [
+            AgentEvent::Output {
+                stream: OutputStream::Stdout,
+                step: t(),
+                text: t(),
+                lines: 1,
+                partial: false,
+                dropped_lines: 0,
+                dropped_bytes: 0,
+            },
+            AgentEvent::Progress {
+                percent: 1,
+                message: t(),
+            },
+            AgentEvent::Status { message: t() },
+            AgentEvent::StepStarted { step: t() },
+            AgentEvent::StepProgress {
+                step: t(),
+                percent: 1,
+                message: t(),
+            },
+            AgentEvent::StepCompleted { step: t() },
+            AgentEvent::StepFailed {
+                step: t(),
+                error: t(),
+            },
+            AgentEvent::ToolCalled {
+                tool: t(),
+                call_id: t(),
+                input_json: t(),
+            },
+            AgentEvent::TokensUsed {
+                model: t(),
+                input: 1,
+                output: 1,
+                cache_creation_input: 1,
+                cache_read_input: 1,
+            },
+            AgentEvent::ArtifactCreated {
+                path: t(),
+                digest: t(),
+                size_bytes: 1,
+            },
+            AgentEvent::GateStarted { gate: t() },
+            AgentEvent::GatePassed {
+                gate: t(),
+                message: t(),
+            },
+            AgentEvent::GateFailed {
+                gate: t(),
+                message: t(),
+            },
+        ];
+        for a in every {
+            let (_, fields) = a.entry().unwrap();
+            assert!(fields.iter().all(|(k, _)| *k != "kind"), "{a:?}");
         }
     }
 

@@ -149,6 +149,104 @@ async fn lifecycle_events_are_numbered_per_job_and_resume_exactly() {
     assert_eq!(more[0].seq, 1, "the live job starts at 1: {:?}", more[0]);
 }
 
+/// The entry id part of a cursor (`<ms>-<n>` of `<ms>-<n>.<sub>`).
+fn entry_of(cursor: &str) -> &str {
+    cursor.split_once('.').map_or(cursor, |(id, _)| id)
+}
+
+#[tokio::test]
+async fn one_calls_events_share_an_entry_yet_filter_and_resume_per_event() {
+    let fed = Federation::builder().spoke("a").start().await.unwrap();
+    let a = fed.client("a").await.unwrap();
+    // Queued while paused, so that one scheduler call starts all four.
+    let pause = pb::command::Action::PauseQueue(pb::PauseQueue {});
+    a.execute(&fed.hub.signer, pause).await.unwrap();
+    let mut jobs = Vec::new();
+    for ws in ["ws-test", "ws-other", "ws-test", "ws-other"] {
+        let spawn = spawn_with("true", &[], |s| {
+            s.max_retries = Some(0);
+            s.workspace = ws.into();
+        });
+        let r = a.execute(&fed.hub.signer, spawn).await.unwrap();
+        jobs.push(job_of(&r).job_id.clone());
+    }
+    let resume = pb::command::Action::ResumeQueue(pb::ResumeQueue {});
+    a.execute(&fed.hub.signer, resume).await.unwrap();
+
+    let mut stream = fed.events("a", pb::EventsRequest::default()).await.unwrap();
+    let all = read_events_until(&mut stream, Duration::from_secs(20), |seen| {
+        jobs.iter().all(|j| job_ended(seen, j))
+    })
+    .await
+    .unwrap();
+    assert_dense(&all);
+    for j in &jobs {
+        assert_eq!(of_job(&all, j).len(), 7, "{j}: {:?}", of_job(&all, j));
+    }
+    // The call that started them wrote one entry for all four.
+    let started: Vec<&str> = all
+        .iter()
+        .filter(|e| e.r#type() == T::JobStarted)
+        .map(|e| entry_of(&e.cursor))
+        .collect();
+    assert_eq!(started.len(), 4);
+    assert!(
+        started.iter().all(|id| *id == started[0]),
+        "starts in entries {started:?}"
+    );
+
+    // Resuming after any event, inside a shared entry or at its end, gives exactly the rest.
+    for k in 0..all.len() - 1 {
+        let mut resumed = fed
+            .events(
+                "a",
+                pb::EventsRequest {
+                    after: all[k].cursor.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let want = &all[k + 1..];
+        let got = read_events_until(&mut resumed, Duration::from_secs(5), |seen| {
+            seen.len() >= want.len()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, want, "resumed after event {k} ({})", all[k].cursor);
+    }
+
+    // One workspace's reader gets that workspace's events of the shared entries, and resumes
+    // inside one.
+    let other: Vec<pb::Event> = all
+        .iter()
+        .filter(|e| e.workspace == "ws-other")
+        .cloned()
+        .collect();
+    assert_eq!(other.len(), 14);
+    for resume_after in [None, Some(2)] {
+        let after = resume_after.map_or_else(String::new, |k: usize| other[k].cursor.clone());
+        let want = &other[resume_after.map_or(0, |k| k + 1)..];
+        let mut filtered = fed
+            .events(
+                "a",
+                pb::EventsRequest {
+                    workspace: "ws-other".into(),
+                    after,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let got = read_events_until(&mut filtered, Duration::from_secs(5), |seen| {
+            seen.len() >= want.len()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, want, "ws-other after event {resume_after:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_cursor_older_than_retention_is_told_to_resync() {
     let fed = Federation::builder().spoke("a").start().await.unwrap();

@@ -6,13 +6,15 @@
 //! until the queue is empty. It prints the server's CPU time per job, the `EVALSHA` time per
 //! job and the time of the commands inside it, read from `INFO cpu commandstats` around each
 //! run, as the minimum and median over `--runs`. The machine's noise moves these by ±20%
-//! between runs, so compare script versions interleaved, by their minima.
+//! between runs, so compare script versions interleaved, by their minima. `--commands` also
+//! prints each command's calls and time per job.
 //!
 //! ```sh
 //! MOSAIC_VALKEY_SERVER=$(deploy/ensure-valkey.sh) \
 //!     cargo run --release -p mosaic-bench --bin step-micro -- --batch 3,10,50 --runs 5
 //! ```
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -34,6 +36,9 @@ struct Args {
     /// Runs per batch size.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Also print, per batch size, each command's calls and time per job (medians).
+    #[arg(long)]
+    commands: bool,
 }
 
 /// Per job, over one run: server CPU, `EVALSHA` time, and the commands inside the scripts.
@@ -41,6 +46,8 @@ struct Run {
     cpu_us: f64,
     evalsha_us: f64,
     inner_us: f64,
+    /// Per command: (calls, µs) per job.
+    commands: BTreeMap<String, (f64, f64)>,
 }
 
 #[tokio::main]
@@ -72,6 +79,23 @@ async fn main() -> anyhow::Result<()> {
             "{k:5}  {:5.1} / {:5.1}  {:5.1} / {:5.1}  {:5.1} / {:5.1}",
             cpu.0, cpu.1, eval.0, eval.1, inner.0, inner.1
         );
+        if args.commands {
+            for name in runs[0].commands.keys() {
+                let median = |f: fn(&(f64, f64)) -> f64| {
+                    let mut v: Vec<f64> = runs
+                        .iter()
+                        .map(|r| r.commands.get(name).map_or(0.0, f))
+                        .collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                println!(
+                    "         {name:12} {:5.2} calls  {:5.2} µs",
+                    median(|c| c.0),
+                    median(|c| c.1)
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -121,6 +145,11 @@ async fn run(fx: &mut Fixture, k: usize, jobs: usize) -> anyhow::Result<Run> {
         cpu_us: load.cpu_us_per_job,
         evalsha_us,
         inner_us,
+        commands: load
+            .commands
+            .iter()
+            .map(|(name, c)| (name.clone(), (c.calls_per_job, c.usec_per_job)))
+            .collect(),
     })
 }
 

@@ -218,13 +218,11 @@ impl EventReader {
         };
         raw.into_iter()
             .map(|(id, fields)| {
-                Ok(Entry {
-                    id: id.parse().map_err(|reason| StoreError::Corrupt {
-                        key: self.key.clone(),
-                        reason,
-                    })?,
-                    fields: fields.into_iter().collect(),
-                })
+                let id = id.parse().map_err(|reason| StoreError::Corrupt {
+                    key: self.key.clone(),
+                    reason,
+                })?;
+                Ok(Entry::from_fields(id, fields))
             })
             .collect()
     }

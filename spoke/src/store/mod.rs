@@ -296,13 +296,26 @@ impl Store {
         agent: &AgentId,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let mut con = self.con.clone();
-        let reply: redis::streams::StreamRangeReply = con.xrange_all(self.keys.events()).await?;
-        let field = |id: &redis::streams::StreamId, f: &str| -> String {
-            id.get::<String>(f).unwrap_or_default()
+        // Raw pairs, in order: an entry holds several records, and a map would merge them.
+        let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(self.keys.events())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await?;
+        let mut records = Vec::new();
+        for (id, fields) in raw {
+            let id = id.parse().map_err(|reason| StoreError::Corrupt {
+                key: self.keys.events(),
+                reason,
+            })?;
+            records.extend(crate::events::Entry::from_fields(id, fields).records);
+        }
+        let field = |r: &crate::events::Record, f: &str| -> String {
+            r.fields.get(f).cloned().unwrap_or_default()
         };
         let mut from = String::new();
-        Ok(reply
-            .ids
+        Ok(records
             .iter()
             .filter(|e| field(e, "agent_id") == agent.as_str())
             .filter_map(|e| {

@@ -99,6 +99,23 @@ local PENDING, DELAYED, ACTIVE, RUNNING, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEY
 -- Queue moves are collected and made once per call: ids that leave the active set, and
 -- (score, id) pairs per terminal state, each list made when its first item comes.
 local left_active, completed, failed, cancelled
+-- The call's lifecycle events go into one stream entry (a few for a very large call): one
+-- record per event, each beginning with its `kind` (events::Entry splits an entry there), so
+-- a call makes one XADD, not one per job.
+local ev, ne = {}, 0
+local function flush()
+  if ne > 0 then call('XADD', EVENTS, '*', unpack(ev, 1, ne)); ne = 0 end
+end
+local function record(kind, id, workspace, agent, seq, at)
+  ev[ne + 1] = 'kind'; ev[ne + 2] = kind; ev[ne + 3] = 'job_id'; ev[ne + 4] = id
+  ev[ne + 5] = 'workspace'; ev[ne + 6] = workspace; ev[ne + 7] = 'seq'; ev[ne + 8] = seq
+  ev[ne + 9] = 'at_ms'; ev[ne + 10] = at; ne = ne + 10
+  if agent then ev[ne + 1] = 'agent_id'; ev[ne + 2] = agent; ne = ne + 2 end
+end
+-- A field of the record last begun, if it has a value.
+local function field(k, v)
+  if v then ev[ne + 1] = k; ev[ne + 2] = v; ne = ne + 2 end
+end
 local function finish(list, at, id)
   if not list then return {at, id} end
   list[#list + 1] = at
@@ -142,13 +159,8 @@ for r = 1, count do
       local af = attempt_prefix(n)
       call('HSET', job, 'state', 'executing', af .. 'started_at_ms', at, af .. 'pid', pid,
         af .. 'proc_start', pstart, 'events', seq)
-      if j[5] then
-        call('XADD', EVENTS, '*', 'kind', 'agent.running', 'job_id', id, 'workspace', j[3],
-          'agent_id', agent, 'seq', seq, 'at_ms', at, 'trace', j[5])
-      else
-        call('XADD', EVENTS, '*', 'kind', 'agent.running', 'job_id', id, 'workspace', j[3],
-          'agent_id', agent, 'seq', seq, 'at_ms', at)
-      end
+      record('agent.running', id, j[3], agent, seq, at)
+      field('trace', j[5])
       code, state = 1, astate
     else
       code, state = not_live(job, n, 'running', pid, 'spawning')
@@ -220,19 +232,18 @@ for r = 1, count do
       if start_here then last = seq + 2 end
       f[k + 1] = 'state'; f[k + 2] = next; f[k + 3] = 'events'; f[k + 4] = last
       call('HSET', job, unpack(f))
-      local e = {'kind', kind, 'job_id', id, 'workspace', j[3], 'agent_id', agent, 'seq', seq,
-        'at_ms', at}
-      k = 12
-      if err ~= '' then e[k + 1] = 'error'; e[k + 2] = err; k = k + 2 end
-      if ready then e[k + 1] = 'ready_at_ms'; e[k + 2] = ready; k = k + 2 end
-      if start_here then e[k + 1] = 'started_at_ms'; e[k + 2] = inproc; k = k + 2 end
-      if j[9] then e[k + 1] = 'trace'; e[k + 2] = j[9] end
-      call('XADD', EVENTS, '*', unpack(e))
+      record(kind, id, j[3], agent, seq, at)
+      if err ~= '' then field('error', err) end
+      field('ready_at_ms', ready)
+      if start_here then field('started_at_ms', inproc) end
+      field('trace', j[9])
       code, state = 1, next
     end
   end
   out[r * 2 + 1] = code
   out[r * 2 + 2] = state
+  -- Lua unpacks at most a few thousand values: a large call writes several entries.
+  if ne > 4000 then flush() end
 end
 if left_active then call('ZREM', ACTIVE, unpack(left_active)) end
 if completed then call('ZADD', KEYS[7], unpack(completed)) end
@@ -247,13 +258,9 @@ if ARGV[7] == '1' then
     local seq = tonumber(f[4]) + 1
     call('ZADD', PENDING, pending_score(f[1], f[2]), id)
     call('HSET', job, 'state', 'pending', 'events', seq)
-    if f[5] then
-      call('XADD', EVENTS, '*', 'kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq,
-        'at_ms', now, 'trace', f[5])
-    else
-      call('XADD', EVENTS, '*', 'kind', 'job.ready', 'job_id', id, 'workspace', f[3], 'seq', seq,
-        'at_ms', now)
-    end
+    record('job.ready', id, f[3], nil, seq, now)
+    field('trace', f[5])
+    if ne > 4000 then flush() end
   end
   if #due > 0 then call('ZREM', DELAYED, unpack(due)) end
 end
@@ -330,13 +337,9 @@ if wanted > 0 and not repeated and call('EXISTS', KEYS[4]) == 0 then
       call('HSET', job, 'state', 'assigned', 'owner', owner, 'attempts', n, 'dispatch_token',
         token, attempt_field(n, 'created_at_ms'), now, 'events', seq + 1)
     end
-    if f[7] then
-      call('XADD', EVENTS, '*', 'kind', 'job.started', 'job_id', id, 'workspace', f[5],
-        'agent_id', id .. '.' .. n, 'seq', seq, 'at_ms', now, 'trace', f[7])
-    else
-      call('XADD', EVENTS, '*', 'kind', 'job.started', 'job_id', id, 'workspace', f[5],
-        'agent_id', id .. '.' .. n, 'seq', seq, 'at_ms', now)
-    end
+    record('job.started', id, f[5], id .. '.' .. n, seq, now)
+    field('trace', f[7])
+    if ne > 4000 then flush() end
     local o = #out
     out[o + 1] = id; out[o + 2] = n; out[o + 3] = f[3]; out[o + 4] = f[4]
     out[o + 5] = f[5]; out[o + 6] = f[1]
@@ -347,6 +350,7 @@ if ARGV[7] == '1' then
   local next_due = call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if next_due[2] then out[1] = next_due[2] end
 end
+flush()
 return out
 ";
 
