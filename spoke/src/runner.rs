@@ -69,10 +69,11 @@ struct Handle {
     done: watch::Sender<()>,
 }
 
-/// An attempt record on its way to Valkey, with where to send the result.
+/// An attempt record on its way to Valkey, with where to send the result (a start's sender
+/// waits for it; an end's does not, and the scheduler logs how it went).
 pub struct PendingRecord {
     pub record: AttemptRecord,
-    pub reply: oneshot::Sender<Guarded>,
+    pub reply: Option<oneshot::Sender<Guarded>>,
     /// When the runner sent it.
     pub sent: tokio::time::Instant,
 }
@@ -96,10 +97,24 @@ impl Recorder {
         // A send error drops `reply`, and the receiver reports that.
         let _ = self.0.send(PendingRecord {
             record,
-            reply,
+            reply: Some(reply),
             sent: tokio::time::Instant::now(),
         });
         rx
+    }
+
+    /// Queues an attempt's end, the attempt task's last act: nothing waits for it to be
+    /// written (the scheduler logs the outcome, and releases the slot when it lands), so the
+    /// task ends here rather than being woken again. Returns false if the scheduler has
+    /// stopped.
+    fn send_end(&self, record: AttemptRecord) -> bool {
+        self.0
+            .send(PendingRecord {
+                record,
+                reply: None,
+                sent: tokio::time::Instant::now(),
+            })
+            .is_ok()
     }
 }
 
@@ -181,7 +196,7 @@ impl Supervisor {
                     outcome: ended.outcome.as_str(),
                 })
                 .observe(started.elapsed().as_secs_f64());
-            record_end(&recorder, &d, ended).await;
+            record_end(&recorder, &d, ended);
         });
     }
 
@@ -263,7 +278,7 @@ impl Supervisor {
 }
 
 /// Writes how an attempt ended (through the scheduler, which retries while Valkey is away).
-async fn record_end(recorder: &Recorder, d: &Dispatched, ended: Ended) {
+fn record_end(recorder: &Recorder, d: &Dispatched, ended: Ended) {
     // Only a failure is retried; the others skip the random draw (a system call).
     let retry_delay = if ended.outcome == Outcome::Failed {
         backoff(d.backoff_base, d.backoff_cap, d.failures + 1, unit_random())
@@ -279,25 +294,19 @@ async fn record_end(recorder: &Recorder, d: &Dispatched, ended: Ended) {
         output_tail: ended.output_tail,
         started: ended.started,
     };
-    let outcome = end.outcome;
-    let written = recorder.send(AttemptRecord::Ended {
+    let queued = recorder.send_end(AttemptRecord::Ended {
         job: d.job_id.clone(),
         agent: d.agent_id.clone(),
         at_ms: unix_ms(),
         end,
     });
-    match written.await {
-        Ok(Guarded::Applied(job_state)) => {
-            tracing::info!(job = %d.job_id, agent = %d.agent_id, ?outcome, %job_state, "attempt ended");
-        }
-        Ok(other) => {
-            tracing::warn!(job = %d.job_id, agent = %d.agent_id, ?other, "attempt end refused");
-        }
-        Err(_) => {
-            tracing::warn!(agent = %d.agent_id, "spoke stopped before the attempt's end was written; its lease will expire and recovery ends it");
-        }
+    if !queued {
+        tracing::warn!(agent = %d.agent_id, "{END_UNWRITTEN}");
     }
 }
+
+/// Logged for an attempt whose end the scheduler never wrote.
+pub(crate) const END_UNWRITTEN: &str = "spoke stopped before the attempt's end was written; its lease will expire and recovery ends it";
 
 /// A uniform random number in [0, 1) from the operating system (for retry jitter).
 pub(crate) fn unit_random() -> f64 {

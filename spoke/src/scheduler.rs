@@ -336,6 +336,14 @@ impl Scheduler {
                 _ = phase.changed() => {}
             }
         }
+        // Ends that never reached Valkey: nothing waits for them, so say so here.
+        self.records.close();
+        while let Ok(p) = self.records.try_recv() {
+            st.take(p);
+        }
+        for p in st.batch.iter().filter(|p| p.record.is_end()) {
+            tracing::warn!(agent = %p.record.agent(), "{}", crate::runner::END_UNWRITTEN);
+        }
         tracing::info!("scheduler stopped");
     }
 
@@ -444,10 +452,23 @@ impl Scheduler {
             st.delay_may_have_changed();
         }
         for (pending, result) in flight.records.into_iter().zip(out.records) {
-            if pending.record.is_end() {
-                self.supervisor.release(pending.record.agent());
+            if let AttemptRecord::Ended {
+                job, agent, end, ..
+            } = &pending.record
+            {
+                self.supervisor.release(agent);
+                match &result {
+                    Guarded::Applied(job_state) => {
+                        tracing::info!(%job, %agent, outcome = ?end.outcome, %job_state, "attempt ended");
+                    }
+                    other => {
+                        tracing::warn!(%job, %agent, ?other, "attempt end refused");
+                    }
+                }
             }
-            let _ = pending.reply.send(result);
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(result);
+            }
         }
         if flight.promote {
             st.next_due = out.next_due;
@@ -599,7 +620,7 @@ mod tests {
     fn pending(record: AttemptRecord) -> PendingRecord {
         PendingRecord {
             record,
-            reply: tokio::sync::oneshot::channel().0,
+            reply: Some(tokio::sync::oneshot::channel().0),
             sent: Instant::now(),
         }
     }
