@@ -180,11 +180,14 @@ impl Supervisor {
         // The attempt's span joins the trace its job was queued in (the spawn command's).
         let span = tracing::info_span!("attempt", agent = %d.agent_id, profile = %d.profile);
         mosaic_shared::telemetry::follow(&span, &d.trace.traceparent, &d.trace.tracestate);
-        tokio::spawn(async move {
+        let task = async move {
             let started = std::time::Instant::now();
             let ended = match plan {
+                Ok(plan) if plan.profile.noop => run_noop(&stop_rx),
+                // Boxed: a process's supervision is a large state machine (about 3 KB), which
+                // would otherwise be moved into the task and allocated with it at every launch.
                 Ok(plan) => {
-                    run(&plan, &d, &recorder, &store, stop_rx)
+                    Box::pin(run(&plan, &d, &recorder, &store, stop_rx))
                         .instrument(span)
                         .await
                 }
@@ -197,7 +200,8 @@ impl Supervisor {
                 })
                 .observe(started.elapsed().as_secs_f64());
             record_end(&recorder, &d, ended);
-        });
+        };
+        tokio::spawn(task);
     }
 
     /// Gives up the slot of an attempt whose end has been written (called by the scheduler).
@@ -365,6 +369,22 @@ impl Ended {
     }
 }
 
+/// The built-in no-op agent: it runs and completes in process, with no pid to record; its
+/// start and end are recorded together, in the end's transaction.
+fn run_noop(stop: &watch::Receiver<Option<Stop>>) -> Ended {
+    if let Some(why) = stop.borrow().clone() {
+        return Ended::stopped(why);
+    }
+    Ended {
+        outcome: Outcome::Completed,
+        started: Some(Started {
+            at_ms: unix_ms(),
+            process: None,
+        }),
+        ..Ended::failed(String::new())
+    }
+}
+
 async fn run(
     plan: &LaunchPlan,
     d: &Dispatched,
@@ -374,18 +394,6 @@ async fn run(
 ) -> Ended {
     if let Some(why) = stop.borrow().clone() {
         return Ended::stopped(why);
-    }
-    if plan.profile.noop {
-        // The built-in no-op agent runs and completes in process, with no pid to record: its
-        // start and end are recorded together, in the end's transaction.
-        return Ended {
-            outcome: Outcome::Completed,
-            started: Some(Started {
-                at_ms: unix_ms(),
-                process: None,
-            }),
-            ..Ended::failed(String::new())
-        };
     }
     // Checked here, just before the directory is made and entered, rather than when the
     // scheduler planned the attempt (see `profile::replan`).
