@@ -23,6 +23,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mosaic_shared::ids::{AgentId, ProfileName};
@@ -85,6 +86,9 @@ struct Pipeline {
     reserved: usize,
     /// Ends in flight: their attempts have finished, and their slots free up when they land.
     ending: usize,
+    /// Attempts that calls' tasks have launched whose calls the loop has not yet seen land:
+    /// counted both by the supervisor and in `reserved` until then.
+    launched: Arc<AtomicUsize>,
     /// At most one call promotes at a time, so its answer about the delayed set (next due)
     /// is never overtaken by an older one.
     promote_in_flight: bool,
@@ -157,8 +161,9 @@ impl Pipeline {
     }
 }
 
-/// What a call did, with a plan (or the reason there is none) for each attempt it created.
-type Landed = (Stepped, Vec<Result<LaunchPlan, String>>);
+/// What a call did, and how many attempts its task launched (each with a plan, or the reason
+/// there is none).
+type Landed = (Stepped, usize);
 
 /// Plans a new attempt again from its stored spec: the profile may have changed since the job
 /// was queued. A job that no longer plans is launched with the error, so its attempt fails at
@@ -261,6 +266,8 @@ impl Scheduler {
             if may_send && let Some(flight) = self.next_flight(&mut st, now_phase == Phase::Run) {
                 let store = self.store.clone();
                 let config = self.config.clone();
+                let supervisor = self.supervisor.clone();
+                let launches = st.launched.clone();
                 let (owner, limits) = (self.owner.clone(), self.profile_limits.clone());
                 flights.spawn(async move {
                     let records: Vec<_> = flight.records.iter().map(|p| &p.record).collect();
@@ -281,14 +288,20 @@ impl Scheduler {
                     let dispatch =
                         (flight.dispatch.is_some() || flight.promote).then_some(&request);
                     let out = store.step(unix_ms(), &records, dispatch).await;
-                    // The new attempts are planned here, beside the loop rather than in it.
-                    let out = out.map(|stepped| {
-                        let plans = stepped
-                            .dispatched
-                            .iter()
-                            .map(|d| plan_attempt(&config, d))
-                            .collect();
-                        (stepped, plans)
+                    // The new attempts are planned and launched here, as soon as the answer
+                    // comes, beside the loop rather than in it. A launch only adds to the
+                    // supervisor's count before the loop frees the dispatch's reservation, so
+                    // the loop's view of the slots in use errs high, never low.
+                    let out = out.map(|mut stepped| {
+                        let launched = stepped.dispatched.len();
+                        for d in stepped.dispatched.drain(..) {
+                            let plan = plan_attempt(&config, &d);
+                            supervisor.launch(d, plan);
+                            // After the launch: until the loop sees this land, the slot is
+                            // counted twice or (just before this) once, never not at all.
+                            launches.fetch_add(1, Ordering::Release);
+                        }
+                        (stepped, launched)
                     });
                     (flight, out)
                 });
@@ -374,8 +387,8 @@ impl Scheduler {
             // most likely land before it too (it was sent first); if not, Valkey still counts
             // them active and starts fewer, and their landing asks again. Valkey's count of
             // active jobs is what enforces the limit.
-            let occupied =
-                (self.supervisor.running_count() + st.reserved).saturating_sub(ending + st.ending);
+            let occupied = (self.supervisor.running_count() + st.reserved)
+                .saturating_sub(ending + st.ending + st.launched.load(Ordering::Acquire));
             let free = self
                 .config
                 .queue
@@ -426,7 +439,10 @@ impl Scheduler {
         for p in &flight.records {
             st.busy_agents.remove(p.record.agent());
         }
-        let (out, plans) = match out {
+        if let Ok((_, n)) = &out {
+            st.launched.fetch_sub(*n, Ordering::AcqRel);
+        }
+        let (out, launched) = match out {
             Ok(out) => out,
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
@@ -479,7 +495,7 @@ impl Scheduler {
             }
         }
         if let Some((_, count)) = flight.dispatch {
-            if out.dispatched.len() == count {
+            if launched == count {
                 st.runnable = true;
             } else if st.raised == flight.raised {
                 // Fewer than asked, and nothing announced since it was sent: nothing more can
@@ -493,11 +509,7 @@ impl Scheduler {
             // Freed slots: a dispatch that found the spoke full may succeed now.
             st.raise();
         }
-        let launched = !out.dispatched.is_empty();
-        for (d, plan) in out.dispatched.into_iter().zip(plans) {
-            self.supervisor.launch(d, plan);
-        }
-        launched
+        launched > 0
     }
 
     async fn maintain(&self) {
