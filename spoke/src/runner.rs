@@ -182,8 +182,10 @@ impl Supervisor {
         mosaic_shared::telemetry::follow(&span, &d.trace.traceparent, &d.trace.tracestate);
         let task = async move {
             let started = std::time::Instant::now();
+            let stopped = stop_rx.borrow().clone();
             let ended = match plan {
-                Ok(plan) if plan.profile.noop => run_noop(&stop_rx),
+                _ if let Some(why) = stopped => Ended::stopped(why),
+                Ok(plan) if plan.profile.noop => run_noop(),
                 // Boxed: a process's supervision is a large state machine (about 3 KB), which
                 // would otherwise be moved into the task and allocated with it at every launch.
                 Ok(plan) => {
@@ -371,10 +373,7 @@ impl Ended {
 
 /// The built-in no-op agent: it runs and completes in process, with no pid to record; its
 /// start and end are recorded together, in the end's transaction.
-fn run_noop(stop: &watch::Receiver<Option<Stop>>) -> Ended {
-    if let Some(why) = stop.borrow().clone() {
-        return Ended::stopped(why);
-    }
+fn run_noop() -> Ended {
     Ended {
         outcome: Outcome::Completed,
         started: Some(Started {
@@ -392,9 +391,6 @@ async fn run(
     store: &Store,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> Ended {
-    if let Some(why) = stop.borrow().clone() {
-        return Ended::stopped(why);
-    }
     // Checked here, just before the directory is made and entered, rather than when the
     // scheduler planned the attempt (see `profile::replan`).
     if let Err(e) = crate::profile::check_workdir(plan) {

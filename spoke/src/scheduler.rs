@@ -88,7 +88,7 @@ struct Pipeline {
     ending: usize,
     /// Attempts that calls' tasks have launched whose calls the loop has not yet seen land:
     /// counted both by the supervisor and in `reserved` until then.
-    launched: Arc<AtomicUsize>,
+    launched_unseen: Arc<AtomicUsize>,
     /// At most one call promotes at a time, so its answer about the delayed set (next due)
     /// is never overtaken by an older one.
     promote_in_flight: bool,
@@ -267,7 +267,7 @@ impl Scheduler {
                 let store = self.store.clone();
                 let config = self.config.clone();
                 let supervisor = self.supervisor.clone();
-                let launches = st.launched.clone();
+                let launches = st.launched_unseen.clone();
                 let (owner, limits) = (self.owner.clone(), self.profile_limits.clone());
                 flights.spawn(async move {
                     let records: Vec<_> = flight.records.iter().map(|p| &p.record).collect();
@@ -388,7 +388,7 @@ impl Scheduler {
             // them active and starts fewer, and their landing asks again. Valkey's count of
             // active jobs is what enforces the limit.
             let occupied = (self.supervisor.running_count() + st.reserved)
-                .saturating_sub(ending + st.ending + st.launched.load(Ordering::Acquire));
+                .saturating_sub(ending + st.ending + st.launched_unseen.load(Ordering::Acquire));
             let free = self
                 .config
                 .queue
@@ -440,7 +440,7 @@ impl Scheduler {
             st.busy_agents.remove(p.record.agent());
         }
         if let Ok((_, n)) = &out {
-            st.launched.fetch_sub(*n, Ordering::AcqRel);
+            st.launched_unseen.fetch_sub(*n, Ordering::AcqRel);
         }
         let (out, launched) = match out {
             Ok(out) => out,

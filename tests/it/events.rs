@@ -95,25 +95,7 @@ async fn lifecycle_events_are_numbered_per_job_and_resume_exactly() {
 
     // Resuming after any event, including one inside a multi-event entry, gives exactly the
     // events after it.
-    for k in [0, 1, 4, 5, all.len() - 2] {
-        let mut resumed = fed
-            .events(
-                "a",
-                pb::EventsRequest {
-                    after: all[k].cursor.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let want = &all[k + 1..];
-        let got = read_events_until(&mut resumed, Duration::from_secs(5), |seen| {
-            seen.len() >= want.len()
-        })
-        .await
-        .unwrap();
-        assert_eq!(got, want, "resumed after event {k} ({})", all[k].cursor);
-    }
+    assert_resumes_after(&fed, &all, [0, 1, 4, 5, all.len() - 2]).await;
 
     // Filters: one job, and some types.
     let mut only_ok = fed
@@ -147,6 +129,34 @@ async fn lifecycle_events_are_numbered_per_job_and_resume_exactly() {
     .unwrap();
     assert_eq!(of_job(&more, &live).len(), 7);
     assert_eq!(more[0].seq, 1, "the live job starts at 1: {:?}", more[0]);
+}
+
+/// Resuming spoke `a`'s stream after event `k` of `all` (everything read from its start) gives
+/// exactly the events after it, for each `k`.
+async fn assert_resumes_after(
+    fed: &Federation,
+    all: &[pb::Event],
+    ks: impl IntoIterator<Item = usize>,
+) {
+    for k in ks {
+        let mut resumed = fed
+            .events(
+                "a",
+                pb::EventsRequest {
+                    after: all[k].cursor.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let want = &all[k + 1..];
+        let got = read_events_until(&mut resumed, Duration::from_secs(5), |seen| {
+            seen.len() >= want.len()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, want, "resumed after event {k} ({})", all[k].cursor);
+    }
 }
 
 /// The entry id part of a cursor (`<ms>-<n>` of `<ms>-<n>.<sub>`).
@@ -196,25 +206,7 @@ async fn one_calls_events_share_an_entry_yet_filter_and_resume_per_event() {
     );
 
     // Resuming after any event, inside a shared entry or at its end, gives exactly the rest.
-    for k in 0..all.len() - 1 {
-        let mut resumed = fed
-            .events(
-                "a",
-                pb::EventsRequest {
-                    after: all[k].cursor.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let want = &all[k + 1..];
-        let got = read_events_until(&mut resumed, Duration::from_secs(5), |seen| {
-            seen.len() >= want.len()
-        })
-        .await
-        .unwrap();
-        assert_eq!(got, want, "resumed after event {k} ({})", all[k].cursor);
-    }
+    assert_resumes_after(&fed, &all, 0..all.len() - 1).await;
 
     // One workspace's reader gets that workspace's events of the shared entries, and resumes
     // inside one.

@@ -171,7 +171,22 @@ pub struct EventReader {
     trimmed: String,
 }
 
-type RawEntry = (String, Vec<(String, String)>);
+/// A stream entry as Valkey returns it: its id and its fields in order (an entry holds several
+/// records, and a map would merge them).
+pub(super) type RawEntry = (String, Vec<(String, String)>);
+
+/// Parses entries read from the stream `key`, splitting each into its records.
+pub(super) fn parse_entries(key: &str, raw: Vec<RawEntry>) -> Result<Vec<Entry>, StoreError> {
+    raw.into_iter()
+        .map(|(id, fields)| {
+            let id = id.parse().map_err(|reason| StoreError::Corrupt {
+                key: key.to_owned(),
+                reason,
+            })?;
+            Ok(Entry::from_fields(id, fields))
+        })
+        .collect()
+}
 
 impl EventReader {
     /// Entries from `from` on (inclusive when `inclusive`), at most [`READ_BATCH`]; if there
@@ -216,15 +231,7 @@ impl EventReader {
         } else {
             raw
         };
-        raw.into_iter()
-            .map(|(id, fields)| {
-                let id = id.parse().map_err(|reason| StoreError::Corrupt {
-                    key: self.key.clone(),
-                    reason,
-                })?;
-                Ok(Entry::from_fields(id, fields))
-            })
-            .collect()
+        parse_entries(&self.key, raw)
     }
 
     /// The newest entry retention has removed, if any.

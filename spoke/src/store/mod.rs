@@ -296,21 +296,16 @@ impl Store {
         agent: &AgentId,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let mut con = self.con.clone();
-        // Raw pairs, in order: an entry holds several records, and a map would merge them.
-        let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        let raw: Vec<events::RawEntry> = redis::cmd("XRANGE")
             .arg(self.keys.events())
             .arg("-")
             .arg("+")
             .query_async(&mut con)
             .await?;
-        let mut records = Vec::new();
-        for (id, fields) in raw {
-            let id = id.parse().map_err(|reason| StoreError::Corrupt {
-                key: self.keys.events(),
-                reason,
-            })?;
-            records.extend(crate::events::Entry::from_fields(id, fields).records);
-        }
+        let records: Vec<_> = events::parse_entries(&self.keys.events(), raw)?
+            .into_iter()
+            .flat_map(|e| e.records)
+            .collect();
         let field = |r: &crate::events::Record, f: &str| -> String {
             r.fields.get(f).cloned().unwrap_or_default()
         };
